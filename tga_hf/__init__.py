@@ -1,0 +1,14 @@
+"""tga-hf: Text-Guided vision-language Alignment (TGA, ICLR 2025) for Hugging Face transformers, TRL and peft."""
+
+from .compose import compose
+from .modeling import TGALlavaConfig, TGALlavaForConditionalGeneration, TGALlavaModel, TGALlavaProcessor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TGALlavaConfig",
+    "TGALlavaForConditionalGeneration",
+    "TGALlavaModel",
+    "TGALlavaProcessor",
+    "compose",
+]

@@ -1,0 +1,26 @@
+"""`tga-hf` command line: one sub-command group per module, each module exposing `add_commands(subparsers)`."""
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Each module registers its own sub-commands; the list is the only place that knows them all.
+COMMAND_MODULES = ("tga_hf.demo",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tga-hf", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_commands(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Build a TGA-LLaVA from a pretrained vision tower and a pretrained causal LM."""
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .modeling import TGALlavaConfig, TGALlavaForConditionalGeneration, TGALlavaProcessor
+
+IMAGE_TOKEN = "<image>"
+
+
+def _has_class_token(vision_model: PreTrainedModel) -> bool:
+    """CLIP-style towers prepend a CLS embedding (its position counts as one extra token)."""
+    return any(name.endswith("class_embedding") for name, _ in vision_model.named_parameters())
+
+
+def compose(
+    vision_model: PreTrainedModel,
+    language_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    image_processor: Any,
+    *,
+    vision_feature_layer: int = -2,
+    vision_feature_select_strategy: str | None = None,
+    projector_hidden_act: str = "gelu",
+    **tga_settings: Any,
+) -> tuple[TGALlavaForConditionalGeneration, TGALlavaProcessor]:
+    """Join a pretrained vision tower (CLIP-like: `AutoModel.from_config(vision_model.config)` rebuilds it) and a
+    pretrained causal LM (LLaMA, Mistral, Qwen2 ...) into a TGA-LLaVA with a fresh projector.
+
+    Adds the `<image>` token to the tokenizer, resizes the embeddings, sets `image_token_id` and keeps the LM's chat
+    template. `tga_settings` are `TGALlavaConfig` fields (`guide_layers`, `guide_loss_weight`, ...).
+
+    Example:
+
+    ```python
+    >>> model, processor = compose(clip_vision, qwen, qwen_tokenizer, clip_image_processor, guide_layers=[8, 12])
+    ```
+    """
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    class_token = _has_class_token(vision_model)
+    if vision_feature_select_strategy is None:
+        vision_feature_select_strategy = "default" if class_token else "full"
+    vision_config = vision_model.config
+    patch_size = vision_config.patch_size
+    num_patches = (vision_config.image_size // patch_size) ** 2
+    num_additional_image_tokens = int(class_token)
+    image_seq_length = num_patches + num_additional_image_tokens - int(vision_feature_select_strategy == "default")
+
+    text_config = language_model.config
+    config = TGALlavaConfig(
+        vision_config=vision_config.to_dict(),
+        text_config=text_config.to_dict(),
+        image_token_index=image_token_id,
+        image_seq_length=image_seq_length,
+        vision_feature_layer=vision_feature_layer,
+        vision_feature_select_strategy=vision_feature_select_strategy,
+        projector_hidden_act=projector_hidden_act,
+        tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", False)),
+        **tga_settings,
+    )
+    dtype = next(language_model.parameters()).dtype
+    model = TGALlavaForConditionalGeneration(config).to(dtype)
+
+    missing, _ = model.model.vision_tower.load_state_dict(vision_model.state_dict(), strict=False)
+    if missing:
+        raise ValueError(f"the vision model does not provide these tower weights: {missing[:5]}")
+    decoder = language_model.get_decoder()
+    model.model.language_model.load_state_dict(decoder.state_dict())
+    model.lm_head.load_state_dict(language_model.get_output_embeddings().state_dict())
+    old_vocab_size = config.text_config.vocab_size
+    if len(tokenizer) > old_vocab_size:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            # New rows start at the mean embedding; the <image> row is always overwritten by image features anyway.
+            for matrix in (model.get_input_embeddings().weight, model.lm_head.weight):
+                matrix[old_vocab_size:] = matrix[:old_vocab_size].mean(dim=0)
+    model.config.auto_map = {"AutoModel": "modeling_tga_llava.TGALlavaModel"}
+
+    processor = TGALlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy=vision_feature_select_strategy,
+        chat_template=tokenizer.chat_template,
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=num_additional_image_tokens,
+        retrieval_template=config.retrieval_template,
+        retrieval_top_k=config.retrieval_top_k,
+    )
+    return model, processor

@@ -1,0 +1,32 @@
+"""The Hub remote-code unit: configuration, modeling and processing of TGA-LLaVA.
+
+Importing this package registers the classes with the Auto* factories in-process and marks them for
+`register_for_auto_class`, so `save_pretrained` writes `auto_map` and copies the three files next to the weights.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+
+from .configuration_tga_llava import DEFAULT_REFUSAL_FAMILY, TGALlavaConfig
+from .modeling_tga_llava import TGALlavaForConditionalGeneration, TGALlavaModel, final_norm, masked_mean
+from .processing_tga_llava import DEFAULT_RETRIEVAL_TEMPLATE, TGALlavaProcessor
+
+AutoConfig.register(TGALlavaConfig.model_type, TGALlavaConfig, exist_ok=True)
+AutoModel.register(TGALlavaConfig, TGALlavaModel, exist_ok=True)
+AutoModelForImageTextToText.register(TGALlavaConfig, TGALlavaForConditionalGeneration, exist_ok=True)
+AutoProcessor.register(TGALlavaConfig, TGALlavaProcessor, exist_ok=True)
+
+TGALlavaConfig.register_for_auto_class()
+TGALlavaModel.register_for_auto_class("AutoModel")
+TGALlavaForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+TGALlavaProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "DEFAULT_REFUSAL_FAMILY",
+    "DEFAULT_RETRIEVAL_TEMPLATE",
+    "TGALlavaConfig",
+    "TGALlavaForConditionalGeneration",
+    "TGALlavaModel",
+    "TGALlavaProcessor",
+    "final_norm",
+    "masked_mean",
+]

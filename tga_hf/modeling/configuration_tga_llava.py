@@ -1,0 +1,113 @@
+"""TGA-LLaVA model configuration."""
+
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import LlavaConfig
+
+DEFAULT_REFUSAL_FAMILY = [
+    "Sorry",
+    "sorry",
+    "I cannot",
+    "I can't",
+    "I'm sorry",
+    "As an AI",
+    "Unfortunately",
+    "I apologize",
+    "I am unable",
+    "Lo siento",
+    "Désolé",
+    "抱歉",
+]
+
+# The official code guides hidden-state indices 10..18 of a 32-layer LLM; "auto" scales that band to the depth of the
+# LLM at hand until the safety-activation analysis has written a measured band into `safety_layer_band`.
+PAPER_BAND_FRACTION = (10 / 32, 18 / 32)
+
+
+@strict
+class TGALlavaConfig(LlavaConfig):
+    r"""
+    Configuration of a TGA-LLaVA model: a [`LlavaConfig`] plus the settings of Text-Guided vision-language Alignment.
+
+    Args:
+        guide_layers (`list[int]` or `"auto"`, *optional*, defaults to `"auto"`):
+            Hidden-state indices (1..num_hidden_layers of the LLM; 0 is the embedding output) at which the guide loss
+            aligns image states with caption states. `"auto"` uses `safety_layer_band` when the safety-activation
+            analysis has filled it, else the paper's mid-depth band (10/32..18/32 of the depth).
+        safety_layer_band (`list[int]`, *optional*):
+            `[first, last]` safety-activation layers measured by the logit-lens analysis.
+        guide_loss_weight (`float`, *optional*, defaults to 1.0):
+            lambda in `L = L_LM + lambda * L_guide`.
+        retrieval_template (`str`, *optional*):
+            The prefix put before the image in the first user turn; must contain `{retrieved_text}`.
+        retrieval_top_k (`int`, *optional*, defaults to 1):
+            Number of retrieved texts joined into the prefix.
+        refusal_family (`list[str]`, *optional*):
+            Refusal openings whose first tokens mark the safety mechanism in the logit lens.
+
+    Example:
+
+    ```python
+    >>> from transformers import CLIPVisionConfig, Qwen2Config
+    >>> from tga_hf import TGALlavaConfig, TGALlavaForConditionalGeneration
+    >>> config = TGALlavaConfig(
+    ...     vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    ...                                    num_attention_heads=2, image_size=32, patch_size=8),
+    ...     text_config=Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+    ...                             num_attention_heads=4, num_key_value_heads=2, vocab_size=128),
+    ...     image_token_index=127, image_seq_length=16, guide_layers=[2, 3],
+    ... )
+    >>> model = TGALlavaForConditionalGeneration(config)
+    ```"""
+
+    model_type = "tga_llava"
+
+    guide_layers: list[int] | Literal["auto"] = "auto"
+    safety_layer_band: list[int] | None = None
+    guide_loss_weight: float = 1.0
+    retrieval_template: str = "Retrieved Text: {retrieved_text}. "
+    retrieval_top_k: int = 1
+    refusal_family: list[str] | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.refusal_family is None:
+            self.refusal_family = list(DEFAULT_REFUSAL_FAMILY)
+
+    def validate_tga_settings(self):
+        num_layers = self.text_config.num_hidden_layers
+        if self.guide_layers != "auto":
+            if not isinstance(self.guide_layers, list | tuple) or not self.guide_layers:
+                raise ValueError(f"guide_layers must be 'auto' or a non-empty list of ints, got {self.guide_layers!r}")
+            bad = [layer for layer in self.guide_layers if not 1 <= int(layer) <= num_layers]
+            if bad:
+                raise ValueError(
+                    f"guide_layers {bad} are outside 1..{num_layers} (the LLM has {num_layers} decoder layers; "
+                    "hidden-state index 0 is the embedding output and is never guided)"
+                )
+        if self.safety_layer_band is not None:
+            band = self.safety_layer_band
+            if len(band) != 2 or not 1 <= band[0] <= band[1] <= num_layers:
+                raise ValueError(f"safety_layer_band must be [first, last] within 1..{num_layers}, got {band!r}")
+        if "{retrieved_text}" not in self.retrieval_template:
+            raise ValueError(f"retrieval_template must contain '{{retrieved_text}}', got {self.retrieval_template!r}")
+        if self.retrieval_top_k < 1:
+            raise ValueError(f"retrieval_top_k must be >= 1, got {self.retrieval_top_k}")
+        if self.guide_loss_weight < 0:
+            raise ValueError(f"guide_loss_weight must be >= 0, got {self.guide_loss_weight}")
+
+    def resolved_guide_layers(self) -> list[int]:
+        """The explicit, sorted hidden-state indices the guide loss uses."""
+        if self.guide_layers != "auto":
+            return sorted({int(layer) for layer in self.guide_layers})
+        if self.safety_layer_band is not None:
+            first, last = self.safety_layer_band
+            return list(range(first, last + 1))
+        num_layers = self.text_config.num_hidden_layers
+        first = max(1, round(num_layers * PAPER_BAND_FRACTION[0]))
+        last = max(first, min(num_layers, round(num_layers * PAPER_BAND_FRACTION[1])))
+        return list(range(first, last + 1))
+
+
+__all__ = ["TGALlavaConfig", "DEFAULT_REFUSAL_FAMILY"]

@@ -1,0 +1,190 @@
+"""Processor for TGA-LLaVA: LlavaProcessor plus the retrieved-text prefix and the token masks of the guide loss."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import LlavaProcessor
+from transformers.feature_extraction_utils import BatchFeature
+
+DEFAULT_RETRIEVAL_TEMPLATE = "Retrieved Text: {retrieved_text}. "
+
+
+class TGALlavaProcessor(LlavaProcessor):
+    r"""
+    [`LlavaProcessor`] for TGA. Without a retrieved text (and with no retriever attached) its output is exactly
+    LlavaProcessor's. With one, the first user turn gets the prefix `Retrieved Text: {r}. ` before its image, and with
+    `return_tga_masks=True` the output carries boolean masks over the tokens, so nobody counts offsets:
+
+    - `image_token_mask`: the image placeholder tokens,
+    - `retrieved_text_mask`: the tokens of the retrieved text r itself (not the template words),
+    - `caption_mask`: with `captions=` and no images, the image placeholder is replaced by the caption text (the
+      teacher input of the guide loss) and this mask marks the caption's tokens.
+
+    Masks are opt-in so that `model.generate(**processor(...))` never receives keys the model does not take.
+
+    Example:
+
+    ```python
+    >>> inputs = processor(images=image, text="USER: <image>\nWhat is shown? ASSISTANT:",
+    ...                    retrieved_text="a red bicycle", return_tga_masks=True, return_tensors="pt")
+    >>> inputs["retrieved_text_mask"].sum()  # number of tokens of "a red bicycle"
+    ```"""
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        patch_size=None,
+        vision_feature_select_strategy=None,
+        chat_template=None,
+        image_token="<image>",
+        num_additional_image_tokens=0,
+        retrieval_template: str = DEFAULT_RETRIEVAL_TEMPLATE,
+        retrieval_top_k: int = 1,
+        **kwargs,
+    ):
+        if "{retrieved_text}" not in retrieval_template:
+            raise ValueError(f"retrieval_template must contain '{{retrieved_text}}', got {retrieval_template!r}")
+        self.retrieval_template = retrieval_template
+        self.retrieval_top_k = retrieval_top_k
+        self.retriever = None
+        super().__init__(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            patch_size=patch_size,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            chat_template=chat_template,
+            image_token=image_token,
+            num_additional_image_tokens=num_additional_image_tokens,
+            **kwargs,
+        )
+
+    def attach_retriever(self, retriever: Any) -> None:
+        """Attach an object with `search(queries, k) -> list[list[(text, score)]]` (e.g.
+        `tga_hf.retrieval.TextRetriever`); from then on images without a given retrieved text are looked up."""
+        self.retriever = retriever
+
+    def retrieve(self, images: Sequence[Any]) -> list[str]:
+        """The retrieved text for each image: the top-k hits of the attached retriever joined by '; '."""
+        if self.retriever is None:
+            raise ValueError("no retriever attached: call attach_retriever(...) or pass retrieved_text=")
+        hits = self.retriever.search(list(images), k=self.retrieval_top_k)
+        return ["; ".join(text for text, _ in sample_hits) for sample_hits in hits]
+
+    def __call__(
+        self,
+        images=None,
+        text=None,
+        videos=None,
+        audio=None,
+        retrieved_text: str | Sequence[str | None] | None = None,
+        captions: str | Sequence[str] | None = None,
+        return_tga_masks: bool = False,
+        **kwargs,
+    ) -> BatchFeature:
+        if text is None or (retrieved_text is None and captions is None and self.retriever is None):
+            inputs = super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+            return self._with_masks(inputs, None, None, None, kwargs) if return_tga_masks else inputs
+
+        texts = [text] if isinstance(text, str) else list(text)
+        if retrieved_text is None and self.retriever is not None and images is not None:
+            retrieved_text = self.retrieve(_one_image_per_sample(images, len(texts)))
+        retrieved = _per_sample(retrieved_text, len(texts), "retrieved_text")
+        caption_list = _per_sample(captions, len(texts), "captions")
+        if caption_list is not None and images is not None:
+            raise ValueError("captions= replaces the image placeholder with text: pass either images or captions")
+
+        texts, retrieved_spans, caption_spans = self._insert_texts(texts, retrieved, caption_list)
+        user_wants_offsets = kwargs.get("return_offsets_mapping", False)
+        kwargs["return_offsets_mapping"] = True
+        inputs = super().__call__(images=images, text=texts, videos=videos, audio=audio, **kwargs)
+        offsets = inputs["offset_mapping"] if user_wants_offsets else inputs.pop("offset_mapping")
+        if not return_tga_masks:
+            return inputs
+        offsets = offsets.tolist() if isinstance(offsets, torch.Tensor) else offsets
+        return self._with_masks(inputs, offsets, retrieved_spans, caption_spans, kwargs)
+
+    def _insert_texts(
+        self, texts: list[str], retrieved: list[str | None] | None, captions: list[str] | None
+    ) -> tuple[list[str], list[tuple[int, int] | None], list[tuple[int, int] | None]]:
+        """Put each retrieved-text prefix before the sample's first image placeholder and, for the teacher, the caption
+        in place of the placeholder. Returns the new texts and the character spans of r and of the caption."""
+        new_texts, retrieved_spans, caption_spans = [], [], []
+        for index, sample in enumerate(texts):
+            position = sample.find(self.image_token)
+            if position < 0:
+                raise ValueError(
+                    f"sample {index} has no {self.image_token!r} placeholder: the retrieved text and the caption go "
+                    "where the image is"
+                )
+            retrieved_span = caption_span = None
+            prefix = ""
+            if retrieved is not None and retrieved[index] is not None:
+                template_head, template_tail = self.retrieval_template.split("{retrieved_text}", 1)
+                start = position + len(template_head)
+                retrieved_span = (start, start + len(retrieved[index]))
+                prefix = template_head + retrieved[index] + template_tail
+            head, tail = sample[:position] + prefix, sample[position:]
+            if captions is not None:
+                if tail.count(self.image_token) != 1:
+                    raise ValueError(f"sample {index}: captions= needs exactly one {self.image_token!r} per sample")
+                caption_span = (len(head), len(head) + len(captions[index]))
+                tail = captions[index] + tail[len(self.image_token) :]
+            new_texts.append(head + tail)
+            retrieved_spans.append(retrieved_span)
+            caption_spans.append(caption_span)
+        return new_texts, retrieved_spans, caption_spans
+
+    def _with_masks(
+        self,
+        inputs: BatchFeature,
+        offsets: list[list[tuple[int, int]]] | None,
+        retrieved_spans: list[tuple[int, int] | None] | None,
+        caption_spans: list[tuple[int, int] | None] | None,
+        kwargs: dict,
+    ) -> BatchFeature:
+        input_ids = inputs["input_ids"]
+        ids = input_ids.tolist() if isinstance(input_ids, torch.Tensor) else input_ids
+        masks = {"image_token_mask": [[token == self.image_token_id for token in row] for row in ids]}
+        if retrieved_spans is not None and any(span is not None for span in retrieved_spans):
+            masks["retrieved_text_mask"] = _span_masks(offsets, retrieved_spans)
+        if caption_spans is not None:
+            masks["caption_mask"] = _span_masks(offsets, caption_spans)
+        data = dict(inputs)
+        tensor_type = kwargs.get("return_tensors")
+        for name, mask in masks.items():
+            data[name] = torch.tensor(mask, dtype=torch.bool) if tensor_type == "pt" else mask
+        return BatchFeature(data, tensor_type=None if tensor_type == "pt" else tensor_type)
+
+
+def _span_masks(offsets: list[list[tuple[int, int]]], spans: list[tuple[int, int] | None]) -> list[list[bool]]:
+    """A token belongs to a span when its character range overlaps it (empty ranges, e.g. padding, never do)."""
+    masks = []
+    for row, span in zip(offsets, spans, strict=True):
+        if span is None:
+            masks.append([False] * len(row))
+            continue
+        start, end = span
+        masks.append([token_end > token_start and token_start < end and token_end > start for token_start, token_end in row])
+    return masks
+
+
+def _per_sample(values: str | Sequence[str | None] | None, batch_size: int, name: str) -> list | None:
+    if values is None:
+        return None
+    values = [values] if isinstance(values, str) else list(values)
+    if len(values) != batch_size:
+        raise ValueError(f"{name} has {len(values)} entries for {batch_size} text samples")
+    return values
+
+
+def _one_image_per_sample(images: Any, batch_size: int) -> list:
+    flat = images if isinstance(images, list | tuple) else [images]
+    flat = [image[0] if isinstance(image, list | tuple) else image for image in flat]
+    if len(flat) != batch_size:
+        raise ValueError(f"retrieval needs one image per sample: got {len(flat)} images for {batch_size} samples")
+    return flat
+
+
+__all__ = ["TGALlavaProcessor", "DEFAULT_RETRIEVAL_TEMPLATE"]
