@@ -1,0 +1,1 @@
+"""Data helpers: dataset loaders and the typographic image renderer."""
