@@ -195,6 +195,7 @@ def paired_batches(
     """Yield `(image_batch, text_batch)`: the same conversations once with each image and once with its caption in
     place of the image (the processor's teacher input), both left-padded and carrying the TGA masks
     (`image_token_mask` / `caption_mask` mark where the content sits)."""
+    processor = as_tga_processor(processor)
     same_length("captions", captions, len(images))
     if not images:
         raise ValueError("images is empty")
@@ -302,3 +303,23 @@ def run_window_sweep(
     )
     table["dsr"] = table["refused"] / table["total"]
     return WindowSweep(table=table, responses=responses)
+
+
+def as_tga_processor(processor: Any) -> Any:
+    """The analyses pool by the TGA processor's masks; a stock `LlavaProcessor` is rewrapped (same tokenizer, image
+    processor and settings) as a `TGALlavaProcessor`, which behaves identically apart from the masks."""
+    from ...modeling import TGALlavaProcessor
+
+    if isinstance(processor, TGALlavaProcessor):
+        return processor
+    if not hasattr(processor, "image_processor") or not hasattr(processor, "image_token"):
+        raise TypeError(f"{type(processor).__name__} is not a LLaVA-style processor (image_processor + image_token)")
+    return TGALlavaProcessor(
+        image_processor=processor.image_processor,
+        tokenizer=processor.tokenizer,
+        patch_size=processor.patch_size,
+        vision_feature_select_strategy=processor.vision_feature_select_strategy,
+        chat_template=getattr(processor, "chat_template", None),
+        image_token=processor.image_token,
+        num_additional_image_tokens=processor.num_additional_image_tokens,
+    )

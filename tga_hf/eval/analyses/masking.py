@@ -19,6 +19,7 @@ from ._common import (
     RefusalCheck,
     Window,
     WindowSweep,
+    as_tga_processor,
     batched,
     chat_prompt,
     decoder_layers,
@@ -130,6 +131,7 @@ def masking_sweep(
     if not toxic_texts:
         raise ValueError("toxic_texts is empty")
     judge = resolve_refusal_check(is_refusal)
+    processor = as_tga_processor(processor)
     windows = sweep_windows(model, windows, window_size)
     prompts = [prompts] * len(toxic_texts) if isinstance(prompts, str) else list(prompts)
     same_length("prompts", prompts, len(toxic_texts))
