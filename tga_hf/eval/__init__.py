@@ -1,5 +1,7 @@
-"""Evaluation: refusal judges, DSR / over-refusal / utility metrics, batched generation and reports."""
+"""Evaluation: refusal judges, DSR / over-refusal / utility metrics, batched generation, reports and the paper's
+layer analyses (`tga_hf.eval.analyses`)."""
 
+from .analyses import locate_safety_layers
 from .generation import generate_responses, read_jsonl, write_jsonl
 from .judges import (
     REFUSAL_PHRASES_VERSION,
@@ -25,6 +27,7 @@ __all__ = [
     "defense_success_rate",
     "generate_responses",
     "judge_agreement",
+    "locate_safety_layers",
     "over_refusal_rate",
     "probe_training_texts",
     "read_jsonl",
