@@ -1,0 +1,5 @@
+"""Dataset loaders for TGA training and evaluation."""
+
+from .llava_json import from_hf_dataset, llava_record_to_row, load_llava_json
+
+__all__ = ["from_hf_dataset", "llava_record_to_row", "load_llava_json"]
