@@ -11,6 +11,7 @@ COMMAND_MODULES = (
     "tga_hf.training.commands",
     "tga_hf.eval.commands",
     "tga_hf.eval.analyses.commands",
+    "tga_hf.hub.commands",
 )
 
 
