@@ -194,40 +194,29 @@ def _write_sweep(sweep: WindowSweep, out: Path, name: str, title: str) -> dict:
     return {"windows": sweep.table.to_dict(orient="records")}
 
 
+def _sweep_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "windows": parse_windows(args.windows),
+        "window_size": args.window_size,
+        "is_refusal": _judge(args),
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+    }
+
+
 def _masking(args: argparse.Namespace, out: Path) -> dict:
     model, processor = load_model(args)
     _, texts = read_pairs(args, with_images=False)
-    sweep = masking_sweep(
-        model,
-        processor,
-        texts,
-        args.prompt,
-        windows=parse_windows(args.windows),
-        window_size=args.window_size,
-        is_refusal=_judge(args),
-        max_new_tokens=args.max_new_tokens,
-        last_positions=args.last_positions,
-        batch_size=args.batch_size,
-    )
+    settings = _sweep_settings(args)
+    sweep = masking_sweep(model, processor, texts, args.prompt, last_positions=args.last_positions, **settings)
     return _write_sweep(sweep, out, "masking", "Text DSR with the toxic span's attention cut")
 
 
 def _injection(args: argparse.Namespace, out: Path) -> dict:
     model, processor = load_model(args)
     images, texts = read_pairs(args)
-    sweep = injection_sweep(
-        model,
-        processor,
-        images,
-        texts,
-        args.prompt,
-        windows=parse_windows(args.windows),
-        window_size=args.window_size,
-        scale=args.scale,
-        is_refusal=_judge(args),
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-    )
+    settings = _sweep_settings(args)
+    sweep = injection_sweep(model, processor, images, texts, args.prompt, scale=args.scale, **settings)
     return _write_sweep(sweep, out, "injection", f"Image DSR with text states injected (scale {args.scale:g})")
 
 
