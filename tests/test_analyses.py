@@ -119,12 +119,16 @@ def test_logit_lens_last_layer_reproduces_logits_and_generic_rule_matches_tga(ti
 # -- 1. safety-activation layers ---------------------------------------------------------------------------------------
 
 
-def rigged_lm(activation_layer: int, refusal_ids: list[int]) -> tuple[Qwen2ForCausalLM, object]:
-    """A tiny LM whose logit lens shows refusal_ids[0] as top-1 from `activation_layer` on, and never before.
+def rigged_lm(
+    activation_layer: int, refusal_ids: list[int], deactivation_layer: int | None = None
+) -> tuple[Qwen2ForCausalLM, object]:
+    """A tiny LM whose logit lens shows refusal_ids[0] as top-1 from `activation_layer` on (until
+    `deactivation_layer`, when given), and never elsewhere.
 
     Every layer's attention and MLP write nothing, except the attention of `activation_layer`, which writes a large
-    constant along coordinate 0 (value bias only, so softmax weights sum it back). Embeddings and every LM-head row
-    but the refusal token's are zero on coordinate 0; the refusal row reads only coordinate 0.
+    constant along coordinate 0 (value bias only, so softmax weights sum it back), and that of `deactivation_layer`,
+    which writes it back out. Embeddings and every LM-head row but the refusal token's are zero on coordinate 0; the
+    refusal row reads only coordinate 0.
     """
     tokenizer = tiny_tokenizer()
     torch.manual_seed(0)
@@ -143,9 +147,9 @@ def rigged_lm(activation_layer: int, refusal_ids: list[int]) -> tuple[Qwen2ForCa
         for index, layer in enumerate(model.model.layers):
             layer.mlp.down_proj.weight.zero_()
             layer.self_attn.o_proj.weight.zero_()
-            if index == activation_layer - 1:
+            if index + 1 in (activation_layer, deactivation_layer):
                 layer.self_attn.v_proj.weight.zero_()
-                layer.self_attn.v_proj.bias.fill_(1.0)
+                layer.self_attn.v_proj.bias.fill_(1.0 if index + 1 == activation_layer else -1.0)
                 width = layer.self_attn.o_proj.in_features
                 layer.self_attn.o_proj.weight[0].fill_(1000.0 / width)
         model.model.embed_tokens.weight[:, 0] = 0
@@ -163,6 +167,7 @@ def test_rigged_lm_gives_the_known_activation_layer(activation_layer, tiny):
     model, tokenizer = rigged_lm(activation_layer, refusal_token_ids(tokenizer, family))
     result = locate_safety_layers(model, tokenizer, TOXIC, refusal_family=family, top_k=3)
     assert result.samples["activation_layer"].tolist() == [activation_layer] * len(TOXIC)
+    assert result.samples["stable_layer"].tolist() == [activation_layer] * len(TOXIC)
     assert (result.samples["top_k_entry_layer"] <= activation_layer).all()
     assert result.band == (activation_layer, activation_layer)
     assert result.robust_band == (activation_layer, activation_layer)
@@ -172,6 +177,19 @@ def test_rigged_lm_gives_the_known_activation_layer(activation_layer, tiny):
     config = tiny[0].config.__class__.from_dict(tiny[0].config.to_dict())
     assert result.apply_to_config(config) == [activation_layer, activation_layer]
     assert config.guide_layers == "auto" and config.resolved_guide_layers() == [activation_layer]
+
+
+def test_transient_activation_is_first_but_not_stable():
+    family = ["Sorry"]
+    model, tokenizer = rigged_lm(2, refusal_token_ids(tiny_tokenizer(), family), deactivation_layer=4)
+    first = locate_safety_layers(model, tokenizer, TOXIC, refusal_family=family, top_k=3)
+    assert first.per_layer()["share_top1"].tolist() == [0.0, 1.0, 1.0, 0.0]
+    assert first.samples["first_top1_layer"].tolist() == [2] * len(TOXIC) and first.band == (2, 2)
+    assert first.samples["stable_layer"].isna().all()
+    stable = locate_safety_layers(model, tokenizer, TOXIC, refusal_family=family, top_k=3, criterion="stable")
+    assert stable.band is None and stable.summary()["activated"] == 0
+    with pytest.raises(ValueError, match="criterion"):
+        locate_safety_layers(model, tokenizer, TOXIC, refusal_family=family, criterion="last")
 
 
 def test_families_read_off_one_scan(tiny):

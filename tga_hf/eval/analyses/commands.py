@@ -141,7 +141,13 @@ def _safety_layers(args: argparse.Namespace, out: Path) -> dict:
     model, processor = load_model(args)
     prompts = [str(text) for text in column(read_table(args.prompts), args.text_column, args.prompts)]
     table, results = compare_refusal_families(
-        model, processor, prompts, parse_families(args.family), top_k=args.top_k, batch_size=args.batch_size
+        model,
+        processor,
+        prompts,
+        parse_families(args.family),
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        criterion=args.criterion,
     )
     write_text(out / "families.csv", table.to_csv(index=False))
     for name, result in results.items():
@@ -271,6 +277,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompts", required=True, help="harmful text prompts: .txt (one per line), .csv or .jsonl")
     parser.add_argument("--family", action="append", help="NAME=opening|opening (repeatable); default 3 families")
     parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument(
+        "--criterion",
+        choices=["first", "stable"],
+        default="first",
+        help="activation layer: first top-1 layer, or first from which the family stays in the top-k to the output",
+    )
     parser.add_argument(
         "--write-band", action="store_true", help="write the first family's robust band into --model's config.json"
     )

@@ -49,7 +49,8 @@ def plot_safety_layers(results: SafetyLayers | Mapping[str, SafetyLayers], path:
         if result.robust_band is not None:
             first, last = result.robust_band
             height = 1.04 + 0.04 * offset
-            axes.plot([first, last], [height, height], color=line.get_color(), linewidth=4, solid_capstyle="butt")
+            # +/- 0.4 so a one-layer band still shows as a bar
+            axes.plot([first - 0.4, last + 0.4], [height, height], color=line.get_color(), linewidth=4)
     axes.set_ylim(0, 1.08 + 0.04 * len(results))
     return _finish(
         figure,
@@ -57,7 +58,7 @@ def plot_safety_layers(results: SafetyLayers | Mapping[str, SafetyLayers], path:
         path,
         "layer (hidden-state index)",
         "share of prompts with refusal token at top-1",
-        "Safety-activation layers (logit lens, last prompt position); bars: robust bands",
+        "Logit lens at the last prompt position (bars: robust bands)",
     )
 
 
