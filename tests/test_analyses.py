@@ -285,15 +285,19 @@ def test_masking_cuts_exactly_the_window(tiny):
     assert (ratios[:, [0, 3]] > 0).all()
 
 
+@pytest.mark.parametrize("texts", [TOXIC, TOXIC[:1]], ids=["padded", "unpadded"])
 @torch.no_grad()
-def test_masking_holds_in_cached_decoding(tiny):
+def test_masking_holds_in_cached_decoding(tiny, texts):
+    # unpadded: SDPA hands the layers no mask at all (pure causal), the hook has to build it
     model, processor = tiny
-    full = text_batch(processor)
+    full = text_batch(processor, texts)
     batch, span = model_inputs(full, torch.device("cpu")), full["caption_mask"]
     with block_span_attention(model, span, [1, 2, 3], batch["input_ids"].shape[1] - 1):
         cached = model.generate(**batch, max_new_tokens=4, do_sample=False)
         uncached = model.generate(**batch, max_new_tokens=4, do_sample=False, use_cache=False)
+        masked_logits = last_logits(model, full)
     assert torch.equal(cached, uncached)
+    assert not torch.allclose(masked_logits, last_logits(model, full))
 
 
 def test_masking_sweep_table(tiny):
