@@ -138,6 +138,8 @@ def _judge(args: argparse.Namespace) -> Callable[[str], bool] | None:
 
 
 def _safety_layers(args: argparse.Namespace, out: Path) -> dict:
+    if args.write_band and (args.tiny or args.gguf_file or not args.model):
+        raise SystemExit("--write-band needs --model DIR of a saved TGA-LLaVA (not --tiny or a GGUF file)")
     model, processor = load_model(args)
     prompts = [str(text) for text in column(read_table(args.prompts), args.text_column, args.prompts)]
     table, results = compare_refusal_families(
