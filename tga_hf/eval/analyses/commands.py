@@ -138,10 +138,18 @@ def _judge(args: argparse.Namespace) -> Callable[[str], bool] | None:
 
 
 def _safety_layers(args: argparse.Namespace, out: Path) -> dict:
+    if args.write_band and (args.tiny or args.gguf_file or not args.model):
+        raise SystemExit("--write-band needs --model DIR of a saved TGA-LLaVA (not --tiny or a GGUF file)")
     model, processor = load_model(args)
     prompts = [str(text) for text in column(read_table(args.prompts), args.text_column, args.prompts)]
     table, results = compare_refusal_families(
-        model, processor, prompts, parse_families(args.family), top_k=args.top_k, batch_size=args.batch_size
+        model,
+        processor,
+        prompts,
+        parse_families(args.family),
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        criterion=args.criterion,
     )
     write_text(out / "families.csv", table.to_csv(index=False))
     for name, result in results.items():
@@ -194,40 +202,29 @@ def _write_sweep(sweep: WindowSweep, out: Path, name: str, title: str) -> dict:
     return {"windows": sweep.table.to_dict(orient="records")}
 
 
+def _sweep_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "windows": parse_windows(args.windows),
+        "window_size": args.window_size,
+        "is_refusal": _judge(args),
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+    }
+
+
 def _masking(args: argparse.Namespace, out: Path) -> dict:
     model, processor = load_model(args)
     _, texts = read_pairs(args, with_images=False)
-    sweep = masking_sweep(
-        model,
-        processor,
-        texts,
-        args.prompt,
-        windows=parse_windows(args.windows),
-        window_size=args.window_size,
-        is_refusal=_judge(args),
-        max_new_tokens=args.max_new_tokens,
-        last_positions=args.last_positions,
-        batch_size=args.batch_size,
-    )
+    settings = _sweep_settings(args)
+    sweep = masking_sweep(model, processor, texts, args.prompt, last_positions=args.last_positions, **settings)
     return _write_sweep(sweep, out, "masking", "Text DSR with the toxic span's attention cut")
 
 
 def _injection(args: argparse.Namespace, out: Path) -> dict:
     model, processor = load_model(args)
     images, texts = read_pairs(args)
-    sweep = injection_sweep(
-        model,
-        processor,
-        images,
-        texts,
-        args.prompt,
-        windows=parse_windows(args.windows),
-        window_size=args.window_size,
-        scale=args.scale,
-        is_refusal=_judge(args),
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-    )
+    settings = _sweep_settings(args)
+    sweep = injection_sweep(model, processor, images, texts, args.prompt, scale=args.scale, **settings)
     return _write_sweep(sweep, out, "injection", f"Image DSR with text states injected (scale {args.scale:g})")
 
 
@@ -282,6 +279,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompts", required=True, help="harmful text prompts: .txt (one per line), .csv or .jsonl")
     parser.add_argument("--family", action="append", help="NAME=opening|opening (repeatable); default 3 families")
     parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument(
+        "--criterion",
+        choices=["first", "stable"],
+        default="first",
+        help="activation layer: first top-1 layer, or first from which the family stays in the top-k to the output",
+    )
     parser.add_argument(
         "--write-band", action="store_true", help="write the first family's robust band into --model's config.json"
     )

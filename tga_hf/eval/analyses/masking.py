@@ -29,6 +29,7 @@ from ._common import (
     run_window_sweep,
     same_length,
     sweep_windows,
+    text_decoder,
     window_layers,
 )
 
@@ -69,7 +70,7 @@ def block_span_attention(
 
     `layers=[]` registers nothing: the model is untouched.
     """
-    implementation = model.get_decoder().config._attn_implementation
+    implementation = text_decoder(model).config._attn_implementation
     if layers and implementation not in SUPPORTED_ATTENTION:
         raise ValueError(
             f"attention masking needs attn_implementation in {SUPPORTED_ATTENTION}, the decoder uses "

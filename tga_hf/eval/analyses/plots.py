@@ -25,31 +25,47 @@ def _save(figure: Figure, path: str | Path) -> Path:
     return path
 
 
+def _axes(width: float = 7.0):
+    figure = Figure(figsize=(width, 4))
+    return figure, figure.subplots()
+
+
+def _finish(figure: Figure, axes, path: str | Path, xlabel: str, ylabel: str, title: str) -> Path:
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize="small")
+    return _save(figure, path)
+
+
 def plot_safety_layers(results: SafetyLayers | Mapping[str, SafetyLayers], path: str | Path) -> Path:
     """Share of prompts whose logit-lens top-1 is a refusal token, per layer, one line per refusal family, with
     each family's robust band drawn as a bar above the curves."""
     results = {"refusal family": results} if isinstance(results, SafetyLayers) else dict(results)
-    figure = Figure(figsize=(7, 4))
-    axes = figure.subplots()
+    figure, axes = _axes()
     for offset, (name, result) in enumerate(results.items()):
         (line,) = axes.plot(result.layers, result.top1.mean(axis=0), marker="o", markersize=3, label=name)
         if result.robust_band is not None:
             first, last = result.robust_band
             height = 1.04 + 0.04 * offset
-            axes.plot([first, last], [height, height], color=line.get_color(), linewidth=4, solid_capstyle="butt")
-    axes.set_xlabel("layer (hidden-state index)")
-    axes.set_ylabel("share of prompts with refusal token at top-1")
+            # +/- 0.4 so a one-layer band still shows as a bar
+            axes.plot([first - 0.4, last + 0.4], [height, height], color=line.get_color(), linewidth=4)
     axes.set_ylim(0, 1.08 + 0.04 * len(results))
-    axes.set_title("Safety-activation layers (logit lens, last prompt position); bars: robust bands")
-    axes.legend(fontsize="small")
-    return _save(figure, path)
+    return _finish(
+        figure,
+        axes,
+        path,
+        "layer (hidden-state index)",
+        "share of prompts with refusal token at top-1",
+        "Logit lens at the last prompt position (bars: robust bands)",
+    )
 
 
 def plot_layer_cosine(result: LayerCosine, path: str | Path) -> Path:
     """Mean (+/- std) cosine of image vs caption states per layer, with the vision-encoder similarity as a line."""
     frame = result.per_layer()
-    figure = Figure(figsize=(7, 4))
-    axes = figure.subplots()
+    figure, axes = _axes()
     axes.plot(frame["layer"], frame["mean_cosine"], marker="o", markersize=3, label="image vs caption (LLM states)")
     axes.fill_between(
         frame["layer"],
@@ -59,25 +75,19 @@ def plot_layer_cosine(result: LayerCosine, path: str | Path) -> Path:
     )
     if result.reference is not None:
         axes.axhline(float(result.reference.mean()), linestyle="--", color="black", label="vision-encoder space")
-    axes.set_xlabel("layer (hidden-state index)")
-    axes.set_ylabel("cosine similarity")
-    axes.set_title("Image vs text states of the same content")
-    axes.legend(fontsize="small")
-    return _save(figure, path)
+    title = "Image vs text states of the same content"
+    return _finish(figure, axes, path, "layer (hidden-state index)", "cosine similarity", title)
 
 
 def plot_attention_ratios(result: AttentionRatios, path: str | Path) -> Path:
     """Attention ratio R to the toxic span per layer, content given as image vs as text."""
     frame = result.per_layer()
-    figure = Figure(figsize=(7, 4))
-    axes = figure.subplots()
+    figure, axes = _axes()
     axes.plot(frame["layer"], frame["image_ratio"], marker="o", markersize=3, label="toxic image tokens")
     axes.plot(frame["layer"], frame["text_ratio"], marker="s", markersize=3, label="toxic text tokens")
-    axes.set_xlabel("decoder layer")
-    axes.set_ylabel("R: share of last-position attention")
-    axes.set_title("Attention to the toxic content")
-    axes.legend(fontsize="small")
-    return _save(figure, path)
+    return _finish(
+        figure, axes, path, "decoder layer", "R: share of last-position attention", "Attention to the toxic content"
+    )
 
 
 def plot_window_dsr(sweep: WindowSweep, path: str | Path, title: str) -> Path:
@@ -85,18 +95,13 @@ def plot_window_dsr(sweep: WindowSweep, path: str | Path, title: str) -> Path:
     table = sweep.table
     baseline = table.loc[table["window"] == "none", "dsr"]
     windows = table[table["window"] != "none"]
-    figure = Figure(figsize=(max(5, 0.6 * len(windows) + 2), 4))
-    axes = figure.subplots()
+    figure, axes = _axes(width=max(5.0, 0.6 * len(windows) + 2))
     axes.bar(windows["window"], windows["dsr"], color="tab:blue")
     if len(baseline):
         axes.axhline(float(baseline.iloc[0]), linestyle="--", color="black", label="no intervention")
-        axes.legend(fontsize="small")
     axes.set_ylim(0, 1.05)
-    axes.set_xlabel("layer window")
-    axes.set_ylabel("DSR (share refused)")
-    axes.set_title(title)
     axes.tick_params(axis="x", labelrotation=45)
-    return _save(figure, path)
+    return _finish(figure, axes, path, "layer window", "DSR (share refused)", title)
 
 
 __all__ = ["plot_attention_ratios", "plot_layer_cosine", "plot_safety_layers", "plot_window_dsr"]

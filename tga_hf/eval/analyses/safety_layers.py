@@ -94,8 +94,11 @@ class SafetyLayers:
     Attributes:
         top1, in_top_k: bool [N, L]: a family token is the top-1 / within the top-k of the logit lens at `layers[i]`.
         refusal_prob: [N, L] summed probability of the family's tokens.
-        samples: one row per prompt: `activation_layer` (first layer with a family token at top-1),
-            `top_k_entry_layer` (first layer with one in the top-k), `final_top1` (the model's own next token).
+        samples: one row per prompt: `first_top1_layer` (first layer with a family token at top-1),
+            `stable_layer` (first top-1 layer from which a family token stays in the top-k up to the last layer:
+            the activation that carries through to the output), `activation_layer` (one of the two, per
+            `criterion`; the band is taken over it), `top_k_entry_layer` (first layer with a family token in the
+            top-k) and `final_top1` (the model's own next token).
 
     Example:
 
@@ -115,6 +118,7 @@ class SafetyLayers:
     samples: pd.DataFrame
     quantiles: tuple[float, float] = (0.1, 0.9)
     tokens: list[str] = field(default_factory=list)
+    criterion: str = "first"
 
     @property
     def activated(self) -> np.ndarray:
@@ -157,6 +161,7 @@ class SafetyLayers:
             "band": list(self.band) if self.band else None,
             "robust_band": list(self.robust_band) if self.robust_band else None,
             "quantiles": list(self.quantiles),
+            "criterion": self.criterion,
             "median_activation_layer": float(np.median(self.activated)) if self.activated.size else None,
             "final_refusal_share": float(self.top1[:, -1].mean()),
         }
@@ -175,10 +180,19 @@ class SafetyLayers:
         return list(config.safety_layer_band)
 
 
+ACTIVATION_CRITERIA = ("first", "stable")
+
+
 def safety_layers_from_scan(
-    scan: LensScan, tokenizer: Any, family: Sequence[str], quantiles: tuple[float, float] = (0.1, 0.9)
+    scan: LensScan,
+    tokenizer: Any,
+    family: Sequence[str],
+    quantiles: tuple[float, float] = (0.1, 0.9),
+    criterion: str = "first",
 ) -> SafetyLayers:
     """Read one refusal family off a scan that watched (at least) its tokens."""
+    if criterion not in ACTIVATION_CRITERIA:
+        raise ValueError(f"criterion must be one of {ACTIVATION_CRITERIA}, got {criterion!r}")
     if not 0 <= quantiles[0] <= quantiles[1] <= 1:
         raise ValueError(f"quantiles must satisfy 0 <= low <= high <= 1, got {quantiles}")
     token_ids = refusal_token_ids(tokenizer, family)
@@ -190,11 +204,16 @@ def safety_layers_from_scan(
     top1 = np.isin(scan.top_ids[..., 0], family_ids)
     in_top_k = np.isin(scan.top_ids, family_ids).any(axis=-1)
     refusal_prob = np.exp(scan.watched_logprobs[..., columns]).sum(axis=-1)
+    # in the top-k at this layer and every layer above it
+    stays_in_top_k = np.flip(np.logical_and.accumulate(np.flip(in_top_k, axis=1), axis=1), axis=1)
     layers = np.asarray(scan.layers)
+    first, stable = _first_layer(top1, layers), _first_layer(top1 & stays_in_top_k, layers)
     samples = pd.DataFrame(
         {
             "prompt": scan.prompts,
-            "activation_layer": _first_layer(top1, layers),
+            "activation_layer": first if criterion == "first" else stable,
+            "first_top1_layer": first,
+            "stable_layer": stable,
             "top_k_entry_layer": _first_layer(in_top_k, layers),
             "final_top1": [tokenizer.decode([int(ids[-1, 0])]) for ids in scan.top_ids],
         }
@@ -210,6 +229,7 @@ def safety_layers_from_scan(
         refusal_prob=refusal_prob,
         samples=samples,
         quantiles=tuple(quantiles),
+        criterion=criterion,
     )
 
 
@@ -232,6 +252,7 @@ def locate_safety_layers(
     batch_size: int = 8,
     use_chat_template: bool = True,
     quantiles: tuple[float, float] = (0.1, 0.9),
+    criterion: str = "first",
 ) -> SafetyLayers:
     """Per-layer logit lens over harmful text prompts: the layer where the refusal family first becomes the top-1
     next token, per prompt, and the band over prompts.
@@ -242,12 +263,15 @@ def locate_safety_layers(
         prompts: harmful requests; each becomes one user turn of the chat template (`use_chat_template`).
         refusal_family: refusal openings; default `model.config.refusal_family`, else the package default.
         top_k: the top-k whose entry layer is reported beside the top-1 activation.
+        quantiles: percentiles of the activation layers that make the robust band.
+        criterion: "first" (first top-1 layer, the paper's rule) or "stable" (first top-1 layer from which the
+            family stays in the top-k up to the output) for the activation layer and the band.
     """
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     family = list(refusal_family) if refusal_family is not None else _default_family(model)
     token_ids = refusal_token_ids(tokenizer, family)
     scan = logit_lens_scan(model, tokenizer, prompts, token_ids, top_k, batch_size, use_chat_template)
-    return safety_layers_from_scan(scan, tokenizer, family, quantiles)
+    return safety_layers_from_scan(scan, tokenizer, family, quantiles, criterion)
 
 
 def compare_refusal_families(
@@ -259,6 +283,7 @@ def compare_refusal_families(
     batch_size: int = 8,
     use_chat_template: bool = True,
     quantiles: tuple[float, float] = (0.1, 0.9),
+    criterion: str = "first",
 ) -> tuple[pd.DataFrame, dict[str, SafetyLayers]]:
     """How the band moves with the refusal family: one logit-lens scan, read off once per family.
 
@@ -269,7 +294,10 @@ def compare_refusal_families(
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     watched = list(dict.fromkeys(t for family in families.values() for t in refusal_token_ids(tokenizer, family)))
     scan = logit_lens_scan(model, tokenizer, prompts, watched, top_k, batch_size, use_chat_template)
-    results = {name: safety_layers_from_scan(scan, tokenizer, family, quantiles) for name, family in families.items()}
+    results = {
+        name: safety_layers_from_scan(scan, tokenizer, openings, quantiles, criterion)
+        for name, openings in families.items()
+    }
     rows = []
     for name, result in results.items():
         summary = result.summary()
