@@ -1,7 +1,14 @@
 """Evaluation: refusal judges, DSR / over-refusal / utility metrics, batched generation, reports and the paper's
 layer analyses (`tga_hf.eval.analyses`)."""
 
-from .analyses import locate_safety_layers
+from .analyses import (
+    compare_refusal_families,
+    image_text_cosine,
+    injection_sweep,
+    locate_safety_layers,
+    masking_sweep,
+    toxic_attention_ratios,
+)
 from .generation import generate_responses, read_jsonl, write_jsonl
 from .judges import (
     REFUSAL_PHRASES_VERSION,
@@ -26,7 +33,12 @@ __all__ = [
     "Verdict",
     "defense_success_rate",
     "generate_responses",
+    "compare_refusal_families",
+    "image_text_cosine",
+    "injection_sweep",
     "judge_agreement",
+    "masking_sweep",
+    "toxic_attention_ratios",
     "locate_safety_layers",
     "over_refusal_rate",
     "probe_training_texts",
