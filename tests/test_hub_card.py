@@ -1,0 +1,171 @@
+"""Model card: the YAML validates with huggingface_hub's card data classes, every number in the evaluation section is
+the report's, the eval-results YAML parses, the retrieval usage code runs; plus the retrieval-index dataset card."""
+
+import re
+
+import pytest
+import yaml
+from hub_testing import REPO_ID, REPORT, TEXTS, StandInRetriever, as_hub_cache, export_tiny, python_blocks
+from huggingface_hub import (
+    DatasetCard,
+    DatasetCardData,
+    EvalResult,
+    ModelCard,
+    ModelCardData,
+    constants,
+    parse_eval_result_entries,
+)
+
+from tga_hf.hub import EvalReport, export_index, index_card, model_card
+from tga_hf.hub import loading as hub_loading
+from tga_hf.hub.cards import DSR_SETTINGS
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return export_tiny(tmp_path_factory.mktemp("card") / "tiny-tga")
+
+
+def _front_matter(text: str) -> dict:
+    match = re.match(r"^---\n(.*?)\n---\n", text, re.DOTALL)
+    assert match, "README.md must start with a YAML block"
+    return yaml.safe_load(match.group(1))
+
+
+def _section(text: str, title: str) -> str:
+    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _table(section: str, header: str) -> dict[str, list[str]]:
+    """Rows of the markdown table whose header row starts with `header`: first cell -> other cells."""
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header} |"))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_metadata_validates_with_huggingface_hub_card_classes(folder):
+    text = (folder / "README.md").read_text()
+    metadata = _front_matter(text)
+    data = ModelCardData(**metadata, ignore_metadata_errors=False)
+    assert data.pipeline_tag == "image-text-to-text" and data.library_name == "transformers"
+    assert {"tga", "safety", "llava", "custom_code"} <= set(data.tags)
+    assert data.base_model == ["a/b"]
+
+    card = ModelCard.load(folder / "README.md", ignore_metadata_errors=False)
+    results = {result.metric_type: result for result in card.data.eval_results}
+    assert set(results) == {"dsr_image", "dsr_image_no_retrieval"}
+    assert results["dsr_image"].metric_value == REPORT["dsr"]["tga_image"]
+    assert results["dsr_image_no_retrieval"].metric_value == REPORT["dsr"]["tga_image_no_retrieval"]
+    assert all(
+        isinstance(result, EvalResult) and result.task_type == "image-text-to-text" for result in results.values()
+    )
+
+
+def test_eval_results_yaml_parses_and_equals_the_report(folder):
+    entries = parse_eval_result_entries(yaml.safe_load((folder / ".eval_results/tga_safety.yaml").read_text()))
+    values = {entry.task_id: entry.value for entry in entries}
+    assert values == {"dsr": REPORT["dsr"]["tga_image"], "dsr_no_retrieval": REPORT["dsr"]["tga_image_no_retrieval"]}
+    assert all(entry.dataset_id for entry in entries)
+
+
+def test_every_number_in_the_evaluation_section_is_the_reports(folder):
+    evaluation = _section((folder / "README.md").read_text(), "Evaluation")
+    dsr = _table(evaluation, "Setting")
+    assert set(dsr) == {DSR_SETTINGS[key] for key in REPORT["dsr"]}
+    expected_numbers = {str(REPORT["n_test"]), REPORT["judge"]["version"]}
+    for key, fraction in REPORT["dsr"].items():
+        value, interval = dsr[DSR_SETTINGS[key]]
+        assert float(value) == round(100 * fraction, 1)
+        bounds = [float(bound) for bound in re.findall(r"\d+(?:\.\d+)?", interval)]
+        assert bounds == [round(100 * bound, 1) for bound in REPORT["dsr_ci"].get(key, [])]
+        expected_numbers.update({value, *re.findall(r"\d+(?:\.\d+)?", interval)})
+
+    tables = evaluation.split("| Metric | Value |")[1:]
+    over_refusal, utility = (_table("| Metric | Value |" + table, "Metric") for table in tables)
+    assert {label: float(cells[0]) for label, cells in over_refusal.items()} == {
+        key: round(100 * value, 1) for key, value in REPORT["over_refusal"].items()
+    }
+    assert {label: float(cells[0]) for label, cells in utility.items()} == {
+        f"{arm} / {metric}": float(f"{value:.4g}")
+        for arm, metrics in REPORT["utility"].items()
+        for metric, value in metrics.items()
+    }
+    expected_numbers.update(cells[0] for cells in [*over_refusal.values(), *utility.values()])
+
+    prose = re.sub(r"```.*?```", "", evaluation, flags=re.DOTALL)  # the command line is quoted verbatim
+    prose = re.sub(r"^\|[^|]*\|", "|", prose, flags=re.MULTILINE)  # labels (e.g. "bleu4") are names, not results
+    assert set(re.findall(r"\d+(?:\.\d+)?", prose)) <= expected_numbers
+    assert f"{REPORT['n_test']} test requests" in evaluation
+    assert REPORT["command"] in evaluation
+
+
+def test_retrieval_usage_code_runs(folder, tmp_path, monkeypatch, capsys):
+    """The card's tga_hf snippet, run as written; the retriever is the stand-in until tga_hf.retrieval lands."""
+    as_hub_cache(folder, tmp_path / "cache")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hub_loading, "load_retriever", lambda path, encoder=None: StandInRetriever.load(path))
+    monkeypatch.chdir(tmp_path)
+    snippet = python_blocks((folder / "README.md").read_text())[1]
+    assert f'from_pretrained("{REPO_ID}")' in snippet
+    namespace = {}
+    exec(compile(snippet, "README.md retrieval snippet", "exec"), namespace)
+    assert isinstance(namespace["processor"].retriever, StandInRetriever)
+    prompt = namespace["processor"].tokenizer.decode(namespace["inputs"]["input_ids"][0])
+    assert any(f"Retrieved Text: {text}. " in prompt for text in TEXTS)
+    assert capsys.readouterr().out.strip() == namespace["answer"].strip()
+
+
+def test_card_without_report_or_retriever(tmp_path):
+    folder = export_tiny(tmp_path / "plain", report=None, retriever=None)
+    text = (folder / "README.md").read_text()
+    assert "No evaluation report was given" in text
+    assert "model-index" not in _front_matter(text)
+    assert not (folder / ".eval_results").exists() and not (folder / "retrieval").exists()
+    assert len(python_blocks(text)) == 1  # no retrieval snippet without an index
+
+
+@pytest.mark.parametrize(
+    ("report", "message"),
+    [
+        ({"dsr": {"tga_image": 1.2}}, "dsr.tga_image"),
+        ({"dsr": {"tga_image": "high"}}, "dsr.tga_image"),
+        ({"dsr_ci": {"tga_image": [0.5]}}, r"dsr_ci.tga_image must be \[low, high\]"),
+        ({"dsr_ci": {"tga_image": [0.7, 0.5]}}, "low 0.7 above high 0.5"),
+        ({"n_test": -3}, "n_test"),
+        ({"utility": [1, 2]}, "utility must be a dict"),
+    ],
+)
+def test_bad_reports_are_refused_with_the_key_named(report, message):
+    with pytest.raises(ValueError, match=message):
+        EvalReport.from_dict(report)
+
+
+def test_partial_report_shows_only_what_it_has():
+    from tga_hf.tiny import tiny_tga_llava
+
+    model, _ = tiny_tga_llava()
+    card = model_card(model.config, report={"dsr": {"baseline_image": 0.25}}, repo_id="me/x")
+    assert card.data.eval_results is None  # no result of this model's own arm
+    evaluation = _section(card.content, "Evaluation")
+    assert _table(evaluation, "Setting") == {DSR_SETTINGS["baseline_image"]: ["25.0"]}
+    assert "Interval" not in evaluation and "Utility" not in evaluation
+
+
+def test_index_card_and_index_repository(tmp_path):
+    config = {"encoder": "all-MiniLM-L6-v2", "dimension": 384, "num_texts": 1500, "texts_sha256": "ab" * 32}
+    card = index_card(config, repo_id="me/tga-index", model_repo_id="me/tga")
+    data = DatasetCardData(**_front_matter(str(card)), ignore_metadata_errors=False)
+    assert data.size_categories == ["1K<n<10K"] and "tga" in data.tags
+    assert "| embedding dimension | 384 |" in card.content and "me/tga" in card.content
+
+    folder = export_index(StandInRetriever(TEXTS), tmp_path / "index", repo_id="me/tga-index")
+    assert sorted(path.name for path in folder.iterdir()) == ["README.md", "retriever_config.json", "texts.json"]
+    loaded = DatasetCard.load(folder / "README.md", ignore_metadata_errors=False)
+    assert loaded.data.size_categories == ["n<1K"]
+    assert StandInRetriever.load(folder).texts == TEXTS
