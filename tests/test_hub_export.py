@@ -26,7 +26,9 @@ from huggingface_hub import constants
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 import tga_hf
-from tga_hf.hub import export
+from tga_hf import cli
+from tga_hf.hub import commands, export
+from tga_hf.hub import loading as hub_loading
 
 TESTS_DIR = Path(__file__).parent
 
@@ -132,6 +134,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_readme_snippet_loads_by_repo_id_offline_in_a_fresh_process(exported, tmp_path):
     """The card's transformers-only usage code, run as written in a process that never imports tga_hf, against the
     export placed in a Hub cache, with HF_HUB_OFFLINE=1: same tokens as the in-memory model."""
@@ -216,6 +219,7 @@ export_tiny(Path(sys.argv[1]), retriever=Stalling(TEXTS))
 """
 
 
+@pytest.mark.slow
 def test_killed_export_leaves_no_folder_and_the_next_export_cleans_up(tmp_path):
     out = tmp_path / "repo"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR.parent), os.environ.get("PYTHONPATH", "")])}
@@ -243,3 +247,29 @@ def test_killed_export_leaves_no_folder_and_the_next_export_cleans_up(tmp_path):
     export_tiny(out)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["repo", "stderr.txt"]
     assert (out / "README.md").is_file()
+
+
+def test_cli_export_from_a_saved_model(tmp_path, monkeypatch, capsys):
+    model, processor = tiny_model()
+    model.save_pretrained(tmp_path / "saved")
+    processor.save_pretrained(tmp_path / "saved")
+    StandInRetriever(TEXTS).save(tmp_path / "index")
+    (tmp_path / "report.json").write_text(json.dumps(REPORT))
+    monkeypatch.setattr(commands, "load_retriever", lambda path: StandInRetriever.load(path))
+    out = tmp_path / "repo"
+    argv = ["export", "--model", str(tmp_path / "saved"), "--out", str(out), "--retriever", str(tmp_path / "index")]
+    argv += ["--report", str(tmp_path / "report.json"), "--repo-id", REPO_ID, "--base-model", "a/b", "--license", "mit"]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.strip() == f"exported {out}"
+    assert json.loads((out / "retrieval" / "texts.json").read_text()) == TEXTS
+    card = (out / "README.md").read_text()
+    assert "license: mit" in card and f'repo_id = "{REPO_ID}"' in card
+    assert (out / ".eval_results" / "tga_safety.yaml").is_file()
+    with pytest.raises(FileExistsError):
+        cli.main(argv)
+    monkeypatch.setattr(hub_loading, "load_retriever", lambda path, encoder=None: StandInRetriever.load(path))
+    reloaded_model, reloaded_processor = tga_hf.from_pretrained(out)
+    assert reloaded_processor.retriever.texts == TEXTS
+    assert _generate(reloaded_model, reloaded_processor, retrieved_text="x") == _generate(
+        model, processor, retrieved_text="x"
+    )
