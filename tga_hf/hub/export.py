@@ -84,6 +84,8 @@ def atomic_folder(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path
     try:
         yield partial
         if out_dir.exists():
+            if not overwrite:  # created by someone else while this export ran
+                raise FileExistsError(f"{out_dir} appeared during the export: it was left untouched")
             replaced = out_dir.parent / f".{out_dir.name}.replaced-{tag}"
             os.replace(out_dir, replaced)
             os.replace(partial, out_dir)
