@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from hub_testing import REPO_ID, export_tiny
-from huggingface_hub import constants
+from huggingface_hub import _upload_pipeline, constants
 from huggingface_hub.errors import LocalTokenNotFoundError
 
 from tga_hf import cli
@@ -101,7 +101,15 @@ def online(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_fake_test_token")
 
 
-def test_push_uploads_every_exported_file(folder, online):
+@pytest.mark.parametrize("xet_installed", [True, False], ids=["pipelined-upload", "single-commit"])
+def test_push_uploads_every_exported_file(folder, online, monkeypatch, xet_installed):
+    """Both upload paths of huggingface_hub: the streamed pipeline (hf_xet installed) and the single create_commit."""
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", not xet_installed)
+    pipeline_calls = []
+    pipelined_upload = _upload_pipeline.pipelined_upload
+    monkeypatch.setattr(
+        _upload_pipeline, "pipelined_upload", lambda *a, **k: pipeline_calls.append(1) or pipelined_upload(*a, **k)
+    )
     on_disk = {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
     assert upload_files(folder) == sorted(on_disk)
 
@@ -126,6 +134,7 @@ def test_push_uploads_every_exported_file(folder, online):
         uploaded.update(commit["files"])
     assert uploaded == on_disk  # every file, byte for byte, shards, remote code, retrieval/ and .eval_results/ included
     assert result.files == sorted(on_disk)
+    assert len(pipeline_calls) == int(xet_installed)
     assert result.commit_url.startswith(f"{hub.url}/{REPO_ID}/commit/")
 
 

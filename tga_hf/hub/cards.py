@@ -36,7 +36,8 @@ from typing import Any
 import jinja2
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, EvalResultEntry, ModelCard, ModelCardData
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "model_cards"
+# model_cards/ at the project root, linked into the package so that installed wheels carry the templates too
+TEMPLATES_DIR = Path(__file__).parent / "templates"
 MODEL_CARD_TEMPLATE = TEMPLATES_DIR / "model_card.md"
 INDEX_CARD_TEMPLATE = TEMPLATES_DIR / "retrieval_index_card.md"
 PAPER_URL = "https://arxiv.org/abs/2410.12662"
