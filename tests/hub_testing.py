@@ -38,11 +38,12 @@ class StandInRetriever:
     def __init__(self, texts: list[str]):
         self.texts = list(texts)
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, include_encoder: bool = False) -> None:
         path = Path(path)
         path.mkdir(parents=True)
         (path / "texts.json").write_text(json.dumps(self.texts))
-        (path / "retriever_config.json").write_text(json.dumps({"encoder": "stand-in", "num_texts": len(self.texts)}))
+        config = {"encoder": {"name_or_path": "stand-in", "bundled": include_encoder}, "corpus_size": len(self.texts)}
+        (path / "retriever_config.json").write_text(json.dumps(config))
 
     @classmethod
     def load(cls, path: str | Path, encoder=None) -> "StandInRetriever":

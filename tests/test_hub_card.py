@@ -158,11 +158,20 @@ def test_partial_report_shows_only_what_it_has():
 
 
 def test_index_card_and_index_repository(tmp_path):
-    config = {"encoder": "all-MiniLM-L6-v2", "dimension": 384, "num_texts": 1500, "texts_sha256": "ab" * 32}
+    config = {
+        "encoder": {"name_or_path": "encoder", "image_tower": None, "bundled": True},
+        "dimension": 384,
+        "index": {"type": "IndexFlatIP"},
+        "corpus_size": 1500,
+        "sources": {"captions": 1400, "toxic": 100},
+        "texts_sha256": "ab" * 32,
+    }
     card = index_card(config, repo_id="me/tga-index", model_repo_id="me/tga")
     data = DatasetCardData(**_front_matter(str(card)), ignore_metadata_errors=False)
     assert data.size_categories == ["1K<n<10K"] and "tga" in data.tags
-    assert "| embedding dimension | 384 |" in card.content and "me/tga" in card.content
+    for row in ("| embedding dimension | 384 |", "| index / type | IndexFlatIP |", "| sources / toxic | 100 |"):
+        assert row in card.content
+    assert "| `encoder/` |" in card.content and "me/tga" in card.content
 
     folder = export_index(StandInRetriever(TEXTS), tmp_path / "index", repo_id="me/tga-index")
     assert sorted(path.name for path in folder.iterdir()) == ["README.md", "retriever_config.json", "texts.json"]

@@ -123,7 +123,15 @@ def test_from_pretrained_by_repo_id_honours_local_files_only(exported, tmp_path,
 
 
 _RUN_SNIPPET = """
-import json, sys
+import importlib.abc, json, sys
+
+class NoTgaHf(importlib.abc.MetaPathFinder):
+    # tga-hf is installed in this venv: make the process behave as if it were not (the remote code must not need it)
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tga_hf":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+
+sys.meta_path.insert(0, NoTgaHf())
 namespace = {}
 exec(compile(open(sys.argv[1]).read(), "README.md usage snippet", "exec"), namespace)
 print(json.dumps({
@@ -273,3 +281,35 @@ def test_cli_export_from_a_saved_model(tmp_path, monkeypatch, capsys):
     assert _generate(reloaded_model, reloaded_processor, retrieved_text="x") == _generate(
         model, processor, retrieved_text="x"
     )
+
+
+def test_the_retriever_attached_to_the_processor_is_exported(tmp_path):
+    model, processor = tiny_model()
+    retriever = StandInRetriever(TEXTS[:2])
+    processor.attach_retriever(retriever)
+    folder = export(model, processor, tmp_path / "repo")
+    assert processor.retriever is retriever
+    assert json.loads((folder / "retrieval" / "texts.json").read_text()) == TEXTS[:2]
+    assert "retriever" not in json.loads((folder / "processor_config.json").read_text())
+
+
+class _MinimalRetriever:
+    """Only the duck-typed minimum: save(path)."""
+
+    def save(self, path):
+        StandInRetriever(TEXTS).save(path)
+
+
+def test_the_encoder_is_bundled_when_the_retriever_can(tmp_path):
+    model, processor = tiny_model()
+
+    def bundled(folder):
+        return json.loads((folder / "retrieval" / "retriever_config.json").read_text())["encoder"]["bundled"]
+
+    assert bundled(export(model, processor, tmp_path / "default", retriever=StandInRetriever(TEXTS)))
+    by_name = export(model, processor, tmp_path / "by-name", retriever=StandInRetriever(TEXTS), include_encoder=False)
+    assert not bundled(by_name)
+    assert not bundled(export(model, processor, tmp_path / "minimal", retriever=_MinimalRetriever()))
+    with pytest.raises(TypeError, match="cannot bundle its encoder"):
+        export(model, processor, tmp_path / "refused", retriever=_MinimalRetriever(), include_encoder=True)
+    assert not (tmp_path / "refused").exists()

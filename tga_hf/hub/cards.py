@@ -345,6 +345,16 @@ def model_card(
     return ModelCard(content)
 
 
+_INDEX_LABELS = {
+    "dimension": "embedding dimension",
+    "normalized": "L2-normalised",
+    "corpus_size": "texts",
+    "texts_sha256": "sha256 of the texts",
+    "index_bytes": "bytes of index.faiss",
+    "index_sha256": "sha256 of index.faiss",
+}
+
+
 def index_card(
     retriever_config: Mapping[str, Any],
     *,
@@ -353,37 +363,26 @@ def index_card(
     license: str | None = None,
     template_path: str | Path | None = None,
 ) -> DatasetCard:
-    """The dataset card of a retrieval index pushed as its own dataset repository, from its `retriever_config.json`
-    (encoder, dimension, metric, index type, corpus size and sha256 are shown when present)."""
-    size = retriever_config.get("corpus_size", retriever_config.get("num_texts"))
+    """The dataset card of a retrieval index pushed as its own dataset repository. Every entry of its
+    `retriever_config.json` (encoder, dimension, metric, index type, corpus size, sources, hashes) is listed."""
+    size = retriever_config.get("corpus_size")
+    encoder = retriever_config.get("encoder")
     card_data = DatasetCardData(
         license=license,
         tags=["tga", "safety", "retrieval", "faiss"],
         pretty_name=f"TGA retrieval index {repo_id.split('/')[-1]}",
         size_categories=[_size_category(size)] if isinstance(size, int) else None,
     )
-    details = [
-        (label, retriever_config[key])
-        for key, label in (
-            ("encoder", "encoder"),
-            ("encoder_revision", "encoder revision"),
-            ("dimension", "embedding dimension"),
-            ("metric", "metric"),
-            ("normalize", "L2-normalised"),
-            ("index_type", "faiss index"),
-            ("corpus_size", "texts"),
-            ("num_texts", "texts"),
-            ("texts_sha256", "sha256 of the texts"),
-            ("corpus_sha256", "sha256 of the texts"),
-        )
-        if retriever_config.get(key) is not None
-    ]
     content = _render(
         Path(template_path) if template_path else INDEX_CARD_TEMPLATE,
         card_data,
         repo_id=repo_id,
         model_repo_id=model_repo_id,
-        details=[{"label": label, "value": format_value(value)} for label, value in details],
+        bundled_encoder=isinstance(encoder, Mapping) and bool(encoder.get("bundled")),
+        details=[
+            {"label": _INDEX_LABELS.get(label, label), "value": format_value(value)}
+            for label, value in _flatten(retriever_config)
+        ],
     )
     return DatasetCard(content)
 

@@ -22,6 +22,7 @@ def _export(args: argparse.Namespace) -> int:
         datasets=args.dataset or None,
         license=args.license,
         max_shard_size=args.max_shard_size,
+        include_encoder=False if args.encoder_by_name else None,
         overwrite=args.overwrite,
     )
     print(f"exported {out_dir}")
@@ -59,6 +60,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", action="append", help="Hub id of an alignment dataset (repeatable)")
     parser.add_argument("--license", help="licence identifier for the card, e.g. apache-2.0")
     parser.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="shard weights above this size")
+    parser.add_argument(
+        "--encoder-by-name",
+        action="store_true",
+        help="record the retriever's encoder by name instead of copying it into retrieval/ (smaller repository)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     parser.set_defaults(func=_export)
 
