@@ -4,6 +4,7 @@ nothing."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -313,3 +314,55 @@ def test_the_encoder_is_bundled_when_the_retriever_can(tmp_path):
     with pytest.raises(TypeError, match="cannot bundle its encoder"):
         export(model, processor, tmp_path / "refused", retriever=_MinimalRetriever(), include_encoder=True)
     assert not (tmp_path / "refused").exists()
+
+
+_RUN_RETRIEVAL_SNIPPET = """
+import json, sys
+from transformers import AutoProcessor
+
+namespace = {}
+exec(compile(open(sys.argv[1]).read(), "README.md retrieval snippet", "exec"), namespace)
+remote = AutoProcessor.from_pretrained(sys.argv[2], trust_remote_code=True)
+print(json.dumps({
+    "ids": namespace["output"][0].tolist(),
+    "prompt": namespace["processor"].tokenizer.decode(namespace["inputs"]["input_ids"][0]),
+    "remote_retriever": type(remote.retriever).__name__,
+}))
+"""
+
+
+@pytest.mark.slow
+def test_exported_index_works_by_repo_id_in_a_fresh_process(tmp_path):
+    """With the real TextRetriever (retrieval branch): the card's tga_hf snippet, run by repo id from the Hub cache in
+    a fresh process, retrieves what the in-memory retriever retrieves and generates what the in-memory model does; the
+    remote-code processor re-attaches the index too. The encoder is bundled: its source folder is gone by then."""
+    retrieval = pytest.importorskip("tga_hf.retrieval", reason="needs tga_hf.retrieval (retrieval branch)")
+    parts = pytest.importorskip("retrieval_parts", reason="needs the retrieval tests' encoder parts")
+    encoder = retrieval.joint_encoder(parts.minilm(), parts.save_tiny_tower(tmp_path / "tower"), device="cpu")
+    retriever = retrieval.TextRetriever.build(parts.CAPTIONS, encoder, show_progress=False)
+    model, processor = tiny_model()
+    folder = export(model, processor, tmp_path / "repo", retriever=retriever, report=REPORT, repo_id=REPO_ID)
+    shutil.rmtree(tmp_path / "tower")
+    as_hub_cache(folder, tmp_path / "cache")
+    (tmp_path / "snippet.py").write_text(python_blocks((folder / "README.md").read_text())[1])
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_HUB_CACHE=str(tmp_path / "cache"),
+        HF_MODULES_CACHE=str(tmp_path / "modules"),
+        PYTHONPATH=os.pathsep.join([str(TESTS_DIR.parent), env.get("PYTHONPATH", "")]),
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", _RUN_RETRIEVAL_SNIPPET, str(tmp_path / "snippet.py"), REPO_ID],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    expected_text = retriever.search([white_image()])[0][0][0]
+    assert f"Retrieved Text: {expected_text}. " in result["prompt"]
+    assert result["ids"] == _generate(model, processor, retrieved_text=expected_text)
+    assert result["remote_retriever"] == "TextRetriever"
