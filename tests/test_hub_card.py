@@ -18,7 +18,7 @@ from huggingface_hub import (
 
 from tga_hf.hub import EvalReport, export_index, index_card, model_card
 from tga_hf.hub import loading as hub_loading
-from tga_hf.hub.cards import DSR_SETTINGS
+from tga_hf.hub.cards import DSR_SETTINGS, eval_result_entries
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +178,60 @@ def test_index_card_and_index_repository(tmp_path):
     loaded = DatasetCard.load(folder / "README.md", ignore_metadata_errors=False)
     assert loaded.data.size_categories == ["n<1K"]
     assert StandInRetriever.load(folder).texts == TEXTS
+
+
+def _rate(count: int, total: int, low: float, high: float) -> dict:
+    return {"count": count, "total": total, "rate": count / total, "ci95": [low, high]}
+
+
+# The `tga-hf eval` report (schema_version 1 of tga_hf.eval.report), as that command writes it.
+EVAL_REPORT = {
+    "schema_version": 1,
+    "tga_hf_version": "0.1.0",
+    "created_utc": "2026-11-23T10:00:00Z",
+    "model": {"path": "runs/tga/final", "model_type": "tga_llava", "num_parameters": 230080},
+    "judge": {"name": "phrase", "version": "3"},
+    "generation": {"max_new_tokens": 64, "batch_size": 8, "do_sample": False},
+    "safety": {
+        "dsr": [
+            {"dataset": "safebench", "modality": "image", "retrieval": False, "overall": _rate(30, 50, 0.46, 0.72)},
+            {"dataset": "safebench", "modality": "image", "retrieval": True, "overall": _rate(41, 50, 0.69, 0.9)},
+            {"dataset": "safebench", "modality": "text", "retrieval": False, "overall": _rate(45, 50, 0.79, 0.96)},
+        ],
+        "over_refusal": [
+            {"dataset": "benign", "modality": "image", "retrieval": True, "overall": _rate(2, 40, 0.01, 0.17)}
+        ],
+        "judge_agreement": None,
+    },
+    "utility": [{"dataset": "easy-vqa", "modality": "image", "n": 100, "metrics": {"exact_match": 0.41}}],
+    "files": {"responses": [], "plots": [], "markdown": "report.md"},
+}
+
+
+def test_card_from_the_eval_command_report():
+    from tga_hf.tiny import tiny_tga_llava
+
+    model, _ = tiny_tga_llava()
+    report = EvalReport.from_dict(EVAL_REPORT)
+    card = model_card(model.config, report=report, repo_id="me/x")
+    results = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert results == {"dsr_image": 41 / 50, "dsr_image_no_retrieval": 30 / 50}
+    assert {entry.task_id for entry in eval_result_entries(report)} == {"safebench_dsr", "safebench_dsr_no_retrieval"}
+
+    evaluation = _section(card.content, "Evaluation")
+    assert _table(evaluation, "Setting") == {
+        "safebench: image": ["60.0", "46.0 - 72.0", "50"],
+        "safebench: image, retrieval at inference": ["82.0", "69.0 - 90.0", "50"],
+        "safebench: text": ["90.0", "79.0 - 96.0", "50"],
+    }
+    tables = evaluation.split("| Metric | Value |")[1:]
+    over_refusal, utility = (_table("| Metric | Value |" + table, "Metric") for table in tables)
+    assert over_refusal == {"benign: image, retrieval at inference": ["5.0"]}
+    assert utility == {"easy-vqa (image) / exact_match": ["0.41"]}
+    assert "Refusals judged by phrase 3." in evaluation
+
+
+def test_malformed_eval_command_report_is_refused():
+    broken = {"safety": {"dsr": [{"dataset": "safebench", "modality": "image", "rate": 0.5}]}}
+    with pytest.raises(ValueError, match=r"safety.dsr\[0\] must be a dict with an 'overall' rate"):
+        EvalReport.from_dict(broken)

@@ -63,7 +63,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _remove_stale_partials(out_dir: Path) -> None:
     """Remove the hidden partial folders that killed exports into `out_dir` left behind."""
-    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.(?:partial|replaced)-(\d+)-[0-9a-f]+$")
+    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.partial-(\d+)-[0-9a-f]+$")
     for sibling in out_dir.parent.iterdir():
         match = pattern.match(sibling.name)
         if match and sibling.is_dir() and not _pid_alive(int(match.group(1))):
