@@ -228,7 +228,7 @@ def test_card_from_the_eval_command_report():
     over_refusal, utility = (_table("| Metric | Value |" + table, "Metric") for table in tables)
     assert over_refusal == {"benign: image, retrieval at inference": ["5.0"]}
     assert utility == {"easy-vqa (image) / exact_match": ["0.41"]}
-    assert "Refusals judged by phrase 3." in evaluation
+    assert "Refusals judged by phrase 3." in evaluation and "on the data sets named in each row" in evaluation
 
 
 def test_malformed_eval_command_report_is_refused():

@@ -113,6 +113,8 @@ class EvalReport:
             judge = " ".join(str(judge[key]) for key in ("name", "version") if judge.get(key) is not None) or None
         training = _section(report, "training")
         benchmark = dict(DEFAULT_BENCHMARK)
+        if "safety" in report:  # one row per data set, each named in its row
+            benchmark["name"] = "the data sets named in each row"
         benchmark.update({key: str(value) for key, value in _section(report, "benchmark").items() if value is not None})
         return cls(
             **parsed,
