@@ -46,7 +46,6 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, EvalResult
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 MODEL_CARD_TEMPLATE = TEMPLATES_DIR / "model_card.md"
 INDEX_CARD_TEMPLATE = TEMPLATES_DIR / "retrieval_index_card.md"
-PAPER_URL = "https://arxiv.org/abs/2410.12662"
 
 MODEL_TAGS = ["tga", "safety", "llava", "custom_code", "vision-language", "image-text-to-text"]
 DSR_SETTINGS = {
@@ -199,7 +198,7 @@ def _eval_command_report(report: Mapping[str, Any]) -> dict[str, list]:
     utility = []
     for entry in _section(report, "utility", list):
         prefix = f"{entry.get('dataset', '?')} ({entry.get('modality', '?')})"
-        utility += [(f"{prefix} / {metric}", value) for metric, value in entry.get("metrics", {}).items()]
+        utility += [(f"{prefix} / {metric}", value) for metric, value in _flatten(entry.get("metrics") or {})]
     return {
         "dsr": rows("dsr"),
         "over_refusal": [(row.label, row.rate) for row in rows("over_refusal")],
@@ -231,11 +230,9 @@ def format_percent(fraction: float) -> str:
 
 def format_value(value: Any) -> str:
     """How the card prints any other report number: integers as they are, floats with 4 significant digits."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.4g}" if math.isfinite(value) else str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def _flatten(values: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
