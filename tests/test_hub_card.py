@@ -1,6 +1,7 @@
 """Model card: the YAML validates with huggingface_hub's card data classes, every number in the evaluation section is
 the report's, the eval-results YAML parses, the retrieval usage code runs; plus the retrieval-index dataset card."""
 
+import json
 import re
 
 import pytest
@@ -16,7 +17,8 @@ from huggingface_hub import (
     parse_eval_result_entries,
 )
 
-from tga_hf.hub import EvalReport, export_index, index_card, model_card
+from tga_hf import cli
+from tga_hf.hub import EvalReport, commands, export_index, index_card, model_card
 from tga_hf.hub import loading as hub_loading
 from tga_hf.hub.cards import DSR_SETTINGS, eval_result_entries
 
@@ -235,3 +237,14 @@ def test_malformed_eval_command_report_is_refused():
     broken = {"safety": {"dsr": [{"dataset": "safebench", "modality": "image", "rate": 0.5}]}}
     with pytest.raises(ValueError, match=r"safety.dsr\[0\] must be a dict with an 'overall' rate"):
         EvalReport.from_dict(broken)
+
+
+def test_cli_export_index(tmp_path, monkeypatch, capsys):
+    StandInRetriever(TEXTS).save(tmp_path / "index")
+    monkeypatch.setattr(commands, "load_retriever", lambda path: StandInRetriever.load(path))
+    argv = ["export-index", "--retriever", str(tmp_path / "index"), "--out", str(tmp_path / "repo")]
+    assert cli.main([*argv, "--repo-id", "me/tga-index", "--model-repo-id", "me/tga"]) == 0
+    assert f"tga-hf push {tmp_path / 'repo'} me/tga-index --repo-type dataset" in capsys.readouterr().out
+    card = DatasetCard.load(tmp_path / "repo" / "README.md", ignore_metadata_errors=False)
+    assert "[me/tga](https://huggingface.co/me/tga)" in card.content
+    assert json.loads((tmp_path / "repo" / "retriever_config.json").read_text())["encoder"]["bundled"]
