@@ -11,12 +11,12 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from hub_testing import REPO_ID, export_tiny
+from hub_testing import REPO_ID, TEXTS, StandInRetriever, export_tiny
 from huggingface_hub import _upload_pipeline, constants
 from huggingface_hub.errors import LocalTokenNotFoundError
 
 from tga_hf import cli
-from tga_hf.hub import push, upload_files
+from tga_hf.hub import export_index, push, upload_files
 
 
 class FakeHub:
@@ -62,12 +62,12 @@ class FakeHub:
             return 200, {"url": f"{self.url}/{request['organization']}/{request['name']}"}
         if path == "/api/validate-yaml":
             return 200, {}
-        if len(parts) == 6 and parts[:2] == ["api", "models"] and parts[4] == "branch":
+        if len(parts) == 6 and parts[0] == "api" and parts[1] in ("models", "datasets") and parts[4] == "branch":
             return 200, {}
-        if len(parts) == 6 and parts[:2] == ["api", "models"] and parts[4] == "preupload":
+        if len(parts) == 6 and parts[0] == "api" and parts[1] in ("models", "datasets") and parts[4] == "preupload":
             files = json.loads(body)["files"]
             return 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
-        if len(parts) == 6 and parts[:2] == ["api", "models"] and parts[4] == "commit":
+        if len(parts) == 6 and parts[0] == "api" and parts[1] in ("models", "datasets") and parts[4] == "commit":
             lines = [json.loads(line) for line in body.decode().splitlines() if line]
             files = {
                 line["value"]["path"]: base64.b64decode(line["value"]["content"])
@@ -75,7 +75,8 @@ class FakeHub:
                 if line["key"] == "file"
             }
             other = [line["key"] for line in lines if line["key"] not in ("header", "file")]
-            self.commits.append({"repo": "/".join(parts[2:4]), "revision": parts[5], "files": files, "other": other})
+            repo = "/".join(parts[2:4])
+            self.commits.append({"kind": parts[1], "repo": repo, "revision": parts[5], "files": files, "other": other})
             oid = f"{len(self.commits):040x}"
             return 200, {"commitUrl": f"{self.url}/{parts[2]}/{parts[3]}/commit/{oid}", "commitOid": oid}
         return 404, {"error": f"fake hub: no route for {path}"}
@@ -171,3 +172,13 @@ def test_offline_mode_and_missing_folder_are_refused(folder, tmp_path, monkeypat
     (tmp_path / "not-exported").mkdir()
     with pytest.raises(FileNotFoundError, match="no README.md"):
         push(tmp_path / "not-exported", REPO_ID)
+
+
+def test_push_an_index_as_a_dataset_repository(tmp_path, online):
+    folder = export_index(StandInRetriever(TEXTS), tmp_path / "index", repo_id="tga-org/index")
+    with FakeHub() as hub:
+        push(folder, "tga-org/index", repo_type="dataset", endpoint=hub.url)
+    assert json.loads(hub.requests[0]["body"])["type"] == "dataset"
+    assert {commit["kind"] for commit in hub.commits} == {"datasets"}
+    uploaded = {path: data for commit in hub.commits for path, data in commit["files"].items()}
+    assert uploaded == {path.name: path.read_bytes() for path in folder.iterdir()}
