@@ -143,6 +143,26 @@ print(json.dumps({
 """
 
 
+def _run_fresh(script: str, snippet: str, tmp_path: Path, tga_hf_importable: bool) -> dict:
+    """Run `script` on the card's `snippet` in a new Python process, offline, with the Hub cache in tmp_path/cache;
+    the last line it prints is JSON."""
+    (tmp_path / "snippet.py").write_text(snippet)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "PYTHONPATH"))}
+    env.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "cache"), HF_MODULES_CACHE=str(tmp_path / "modules"))
+    if tga_hf_importable:
+        env["PYTHONPATH"] = str(TESTS_DIR.parent)
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "snippet.py"), REPO_ID],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 def test_readme_snippet_loads_by_repo_id_offline_in_a_fresh_process(exported, tmp_path):
     """The card's transformers-only usage code, run as written in a process that never imports tga_hf, against the
@@ -151,19 +171,7 @@ def test_readme_snippet_loads_by_repo_id_offline_in_a_fresh_process(exported, tm
     as_hub_cache(folder, tmp_path / "cache")
     snippet = python_blocks((folder / "README.md").read_text())[0]
     assert f'repo_id = "{REPO_ID}"' in snippet and "trust_remote_code=True" in snippet
-    (tmp_path / "snippet.py").write_text(snippet)
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "PYTHONPATH"))}
-    env.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "cache"), HF_MODULES_CACHE=str(tmp_path / "modules"))
-    run = subprocess.run(
-        [sys.executable, "-c", _RUN_SNIPPET, str(tmp_path / "snippet.py")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result = _run_fresh(_RUN_SNIPPET, snippet, tmp_path, tga_hf_importable=False)
     assert result["tga_hf_modules"] == []
     expected = _generate(model, processor, retrieved_text="a related text from your index")
     assert result["ids"] == expected
@@ -344,24 +352,8 @@ def test_exported_index_works_by_repo_id_in_a_fresh_process(tmp_path):
     folder = export(model, processor, tmp_path / "repo", retriever=retriever, report=REPORT, repo_id=REPO_ID)
     shutil.rmtree(tmp_path / "tower")
     as_hub_cache(folder, tmp_path / "cache")
-    (tmp_path / "snippet.py").write_text(python_blocks((folder / "README.md").read_text())[1])
-    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_HUB_CACHE=str(tmp_path / "cache"),
-        HF_MODULES_CACHE=str(tmp_path / "modules"),
-        PYTHONPATH=os.pathsep.join([str(TESTS_DIR.parent), env.get("PYTHONPATH", "")]),
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", _RUN_RETRIEVAL_SNIPPET, str(tmp_path / "snippet.py"), REPO_ID],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    snippet = python_blocks((folder / "README.md").read_text())[1]
+    result = _run_fresh(_RUN_RETRIEVAL_SNIPPET, snippet, tmp_path, tga_hf_importable=True)
     expected_text = retriever.search([white_image()])[0][0][0]
     assert f"Retrieved Text: {expected_text}. " in result["prompt"]
     assert result["ids"] == _generate(model, processor, retrieved_text=expected_text)
