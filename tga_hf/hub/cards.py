@@ -1,21 +1,27 @@
 """Model card and retrieval-index card of an exported TGA repository, rendered from the templates in `model_cards/`.
 
-Every number in the card's evaluation section comes from the evaluation report (the JSON written by `tga-hf eval` and
-by the experiment); nothing is typed by hand. The report keys read here, all optional:
+Every number in the card's evaluation section comes from an evaluation report; nothing is typed by hand. Two report
+shapes are read, every section optional:
 
-- `dsr`: `{setting: fraction in [0, 1]}`. Known settings, in table order: `text` (the base LLM, harmful request as
-  text), `baseline_image` (LM-loss alignment, toxic image), `retrieval_only_image` (retrieval prefix only),
-  `tga_image` (full TGA, retrieval at inference), `tga_image_no_retrieval` (full TGA, retrieval off at inference).
-  Other settings are shown after these under their own key. `tga_image` and `tga_image_no_retrieval` are this
-  model's own results and go into the card's `model-index` and `.eval_results/`.
-- `dsr_ci`: `{setting: [low, high]}` fractions, the interval around each DSR.
-- `over_refusal`, `utility`: nested `{name: number | {name: number}}`, shown as tables (over-refusal in %, the rest
-  as given).
-- `n_test`: number of test requests; `judge`: `{"name": str, "version": str}`; `command`: the command that produced
-  the report; `training`: `{setting: value}` shown in the training recipe.
-- `benchmark`: `{"name": str, "dataset_id": str, "task_id": str, "revision": str}` naming the test set. The default is
-  the FigStep SafeBench requests rendered as typographic images; `dataset_id` is the Hub dataset the `.eval_results/`
-  entries point at (the Hub lists the model on that dataset's leaderboard when it exists there).
+1. The experiment report (`results/<run>/report.json` of `tga-hf experiment`):
+   - `dsr`: `{setting: fraction in [0, 1]}`. Known settings, in table order: `text` (the base LLM, harmful request as
+     text), `baseline_image` (LM-loss alignment, toxic image), `retrieval_only_image` (retrieval prefix only),
+     `tga_image` (full TGA, retrieval at inference), `tga_image_no_retrieval` (full TGA, retrieval off at inference);
+     other settings follow under their own key (nested dicts as `outer / inner`). `tga_image` and
+     `tga_image_no_retrieval` are this model's own results: they go into `model-index` and `.eval_results/`.
+   - `dsr_ci`: `{setting: [low, high]}` fractions, the interval around each DSR.
+   - `over_refusal`, `utility`: nested `{name: number | {name: number}}` (over-refusal fractions shown in %).
+   - `n_test`: number of test requests; `command`: the command that produced the report; `training`:
+     `{setting: value}`, shown in the training recipe.
+2. The `tga-hf eval` report (`schema_version` 1, recognised by its `safety` key): `safety.dsr` and
+   `safety.over_refusal` are lists of `{"dataset", "modality", "retrieval", "overall": {"rate", "ci95", "total"}}`;
+   `utility` a list of `{"dataset", "modality", "n", "metrics": {name: value}}`. Its image entries are this model's
+   own results (with / without retrieval at inference).
+
+Both: `judge`: `{"name": str, "version": str}`; `benchmark`: `{"name", "dataset_id", "revision"}`, the test
+set the own results are filed under. The default names the FigStep SafeBench requests rendered as typographic images;
+its `dataset_id` is a placeholder for that test set: pass the Hub id of a benchmark dataset to appear on its
+leaderboard (the Hub flags `.eval_results/` entries whose dataset it does not know).
 
 Example:
 
@@ -36,10 +42,10 @@ from typing import Any
 import jinja2
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, EvalResultEntry, ModelCard, ModelCardData
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "model_cards"
+# model_cards/ at the project root, linked into the package so that installed wheels carry the templates too
+TEMPLATES_DIR = Path(__file__).parent / "templates"
 MODEL_CARD_TEMPLATE = TEMPLATES_DIR / "model_card.md"
 INDEX_CARD_TEMPLATE = TEMPLATES_DIR / "retrieval_index_card.md"
-PAPER_URL = "https://arxiv.org/abs/2410.12662"
 
 MODEL_TAGS = ["tga", "safety", "llava", "custom_code", "vision-language", "image-text-to-text"]
 DSR_SETTINGS = {
@@ -49,26 +55,41 @@ DSR_SETTINGS = {
     "tga_image": "TGA (retrieval prefix + guide loss), toxic image",
     "tga_image_no_retrieval": "TGA, toxic image, retrieval off at inference",
 }
-# The exported model is the TGA arm: these settings are its own results, the others are reference points.
+# The exported model is the TGA arm: these settings are its own results (metric type, metric name, eval-results task).
 OWN_RESULTS = {
-    "tga_image": ("dsr_image", "DSR on toxic images (retrieval at inference)"),
-    "tga_image_no_retrieval": ("dsr_image_no_retrieval", "DSR on toxic images (no retrieval at inference)"),
+    "tga_image": ("dsr_image", "DSR on toxic images (retrieval at inference)", "dsr"),
+    "tga_image_no_retrieval": (
+        "dsr_image_no_retrieval",
+        "DSR on toxic images (no retrieval at inference)",
+        "dsr_no_retrieval",
+    ),
 }
 DEFAULT_BENCHMARK = {
     "name": "FigStep SafeBench requests rendered as typographic images",
     "dataset_id": "tga-hf/figstep-safebench-typographic",
-    "task_id": "dsr",
 }
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One DSR result: `rate` and `interval` are fractions; `own` names this model's own metrics
+    (`(metric_type, metric_name, task_id)`) for `model-index` and `.eval_results/`, None for reference points."""
+
+    label: str
+    rate: float
+    interval: tuple[float, float] | None = None
+    n: int | None = None
+    own: tuple[str, str, str] | None = None
+    dataset: str | None = None
 
 
 @dataclass
 class EvalReport:
-    """The parts of an evaluation report the cards use, validated (see the module docstring for the schema)."""
+    """The parts of an evaluation report the cards use, validated (see the module docstring for the schemas)."""
 
-    dsr: dict[str, float] = field(default_factory=dict)
-    dsr_ci: dict[str, tuple[float, float]] = field(default_factory=dict)
-    over_refusal: dict[str, Any] = field(default_factory=dict)
-    utility: dict[str, Any] = field(default_factory=dict)
+    dsr: list[ResultRow] = field(default_factory=list)
+    over_refusal: list[tuple[str, Any]] = field(default_factory=list)
+    utility: list[tuple[str, Any]] = field(default_factory=list)
     n_test: int | None = None
     judge: str | None = None
     command: str | None = None
@@ -77,42 +98,112 @@ class EvalReport:
 
     @classmethod
     def from_dict(cls, report: Mapping[str, Any] | None) -> "EvalReport":
-        """Validate `report` (a dict, or None for "no evaluation") and keep what the cards show."""
+        """Validate `report` (either schema, or None for "no evaluation") and keep what the cards show."""
         if report is None:
             return cls()
         if not isinstance(report, Mapping):
             raise TypeError(f"report must be a dict (the evaluation report JSON), got {type(report).__name__}")
-        dsr = {str(key): _fraction(value, f"dsr.{key}") for key, value in report.get("dsr", {}).items()}
-        dsr_ci = {}
-        for key, interval in report.get("dsr_ci", {}).items():
-            if not isinstance(interval, Sequence) or len(interval) != 2:
-                raise ValueError(f"report dsr_ci.{key} must be [low, high], got {interval!r}")
-            low, high = (_fraction(bound, f"dsr_ci.{key}") for bound in interval)
-            if low > high:
-                raise ValueError(f"report dsr_ci.{key} has low {low} above high {high}")
-            dsr_ci[str(key)] = (low, high)
-        for name in ("over_refusal", "utility", "training"):
-            if not isinstance(report.get(name, {}), Mapping):
-                raise ValueError(f"report {name} must be a dict, got {report[name]!r}")
+        parsed = _eval_command_report(report) if "safety" in report else _experiment_report(report)
         n_test = report.get("n_test")
         if n_test is not None and (isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 0):
             raise ValueError(f"report n_test must be a non-negative integer, got {n_test!r}")
         judge = report.get("judge")
         if isinstance(judge, Mapping):
             judge = " ".join(str(judge[key]) for key in ("name", "version") if judge.get(key) is not None) or None
+        training = _section(report, "training")
         benchmark = dict(DEFAULT_BENCHMARK)
-        benchmark.update({key: str(value) for key, value in report.get("benchmark", {}).items() if value is not None})
+        if "safety" in report:  # one row per data set, each named in its row
+            benchmark["name"] = "the data sets named in each row"
+        benchmark.update({key: str(value) for key, value in _section(report, "benchmark").items() if value is not None})
         return cls(
-            dsr=dsr,
-            dsr_ci=dsr_ci,
-            over_refusal=dict(report.get("over_refusal", {})),
-            utility=dict(report.get("utility", {})),
+            **parsed,
             n_test=n_test,
             judge=str(judge) if judge is not None else None,
             command=report.get("command"),
-            training=dict(report.get("training", {})),
+            training=dict(training),
             benchmark=benchmark,
         )
+
+
+def _section(report: Mapping[str, Any], name: str, kind: type = dict) -> Any:
+    """`report[name]`, which must be a dict (or, with `kind=list`, a list); empty when missing or null."""
+    value = report.get(name)
+    if value is None:
+        return kind()
+    expected = Mapping if kind is dict else list
+    if not isinstance(value, expected):
+        raise ValueError(f"report {name} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _interval(value: Any, name: str) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
+        raise ValueError(f"report {name} must be [low, high], got {value!r}")
+    low, high = (_fraction(bound, name) for bound in value)
+    if low > high:
+        raise ValueError(f"report {name} has low {low} above high {high}")
+    return low, high
+
+
+def _experiment_report(report: Mapping[str, Any]) -> dict[str, list]:
+    rates = {label: value for label, value in _flatten(_section(report, "dsr")) if value is not None}
+    intervals = {key: _interval(value, f"dsr_ci.{key}") for key, value in _flatten(_section(report, "dsr_ci"))}
+    ordered = [key for key in DSR_SETTINGS if key in rates] + [key for key in rates if key not in DSR_SETTINGS]
+    rows = [
+        ResultRow(
+            label=DSR_SETTINGS.get(key, f"`{key}`"),
+            rate=_fraction(rates[key], f"dsr.{key}"),
+            interval=intervals.get(key),
+            own=OWN_RESULTS.get(key),
+            dataset=None,
+        )
+        for key in ordered
+    ]
+    return {
+        "dsr": rows,
+        "over_refusal": _flatten(_section(report, "over_refusal")),
+        "utility": _flatten(_section(report, "utility")),
+    }
+
+
+def _eval_command_report(report: Mapping[str, Any]) -> dict[str, list]:
+    safety = _section(report, "safety")
+
+    def rows(kind: str) -> list[ResultRow]:
+        result = []
+        for index, entry in enumerate(_section(safety, kind, list)):
+            name = f"safety.{kind}[{index}]"
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("overall"), Mapping):
+                raise ValueError(f"report {name} must be a dict with an 'overall' rate, got {entry!r}")
+            overall, dataset = entry["overall"], str(entry.get("dataset", "?"))
+            modality, retrieval = entry.get("modality"), bool(entry.get("retrieval"))
+            own = None
+            if kind == "dsr" and modality == "image":
+                metric, metric_name, task = OWN_RESULTS["tga_image" if retrieval else "tga_image_no_retrieval"]
+                own = (metric, f"{metric_name}, {dataset}", f"{dataset}_{task}")
+            result.append(
+                ResultRow(
+                    label=f"{dataset}: {modality}{', retrieval at inference' if retrieval else ''}",
+                    rate=_fraction(overall.get("rate"), f"{name}.overall.rate"),
+                    interval=_interval(overall.get("ci95"), f"{name}.overall.ci95"),
+                    n=overall.get("total"),
+                    own=own,
+                    dataset=dataset,
+                )
+            )
+        return result
+
+    utility = []
+    for entry in _section(report, "utility", list):
+        prefix = f"{entry.get('dataset', '?')} ({entry.get('modality', '?')})"
+        utility += [(f"{prefix} / {metric}", value) for metric, value in _flatten(entry.get("metrics") or {})]
+    return {
+        "dsr": rows("dsr"),
+        "over_refusal": [(row.label, row.rate) for row in rows("over_refusal")],
+        "utility": utility,
+    }
 
 
 def read_report(report: Mapping[str, Any] | str | Path | None) -> EvalReport:
@@ -139,11 +230,9 @@ def format_percent(fraction: float) -> str:
 
 def format_value(value: Any) -> str:
     """How the card prints any other report number: integers as they are, floats with 4 significant digits."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.4g}" if math.isfinite(value) else str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def _flatten(values: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -158,67 +247,63 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any
 
 
 def _dsr_rows(report: EvalReport) -> list[dict[str, str]]:
-    known = [key for key in DSR_SETTINGS if key in report.dsr]
-    ordered = known + [key for key in report.dsr if key not in DSR_SETTINGS]
-    rows = []
-    for key in ordered:
-        interval = report.dsr_ci.get(key)
-        rows.append(
-            {
-                "label": DSR_SETTINGS.get(key, f"`{key}`"),
-                "value": format_percent(report.dsr[key]),
-                "interval": f"{format_percent(interval[0])} - {format_percent(interval[1])}" if interval else "",
-            }
-        )
-    return rows
+    return [
+        {
+            "label": row.label,
+            "value": format_percent(row.rate),
+            "interval": f"{format_percent(row.interval[0])} - {format_percent(row.interval[1])}"
+            if row.interval
+            else "",
+            "n": format_value(row.n) if row.n is not None else "",
+        }
+        for row in report.dsr
+    ]
 
 
 def _metric_tables(report: EvalReport) -> list[dict[str, Any]]:
     tables = []
     if report.over_refusal:
         rows = []
-        for label, value in _flatten(report.over_refusal):
+        for label, value in report.over_refusal:
             is_fraction = isinstance(value, float) and 0.0 <= value <= 1.0
             rows.append({"label": label, "value": format_percent(value) if is_fraction else format_value(value)})
         tables.append({"title": "Over-refusal on benign inputs (in %; lower is better)", "rows": rows})
     if report.utility:
-        rows = [{"label": label, "value": format_value(value)} for label, value in _flatten(report.utility)]
+        rows = [{"label": label, "value": format_value(value)} for label, value in report.utility]
         tables.append({"title": "Utility", "rows": rows})
     return tables
 
 
 def eval_results(report: EvalReport) -> list[EvalResult]:
     """The model's own results as `model-index` entries (legacy format, still what the Hub's card widget reads)."""
-    benchmark = report.benchmark
     return [
         EvalResult(
             task_type="image-text-to-text",
             task_name="Defense success rate on toxic images",
-            dataset_type=benchmark["dataset_id"],
-            dataset_name=benchmark["name"],
-            dataset_revision=benchmark.get("revision"),
-            metric_type=metric_type,
-            metric_name=metric_name,
-            metric_value=report.dsr[key],
+            dataset_type=report.benchmark["dataset_id"],
+            dataset_name=row.dataset or report.benchmark["name"],
+            dataset_revision=report.benchmark.get("revision"),
+            metric_type=row.own[0],
+            metric_name=row.own[1],
+            metric_value=row.rate,
         )
-        for key, (metric_type, metric_name) in OWN_RESULTS.items()
-        if key in report.dsr
+        for row in report.dsr
+        if row.own
     ]
 
 
 def eval_result_entries(report: EvalReport) -> list[EvalResultEntry]:
     """The model's own results in the newer `.eval_results/*.yaml` format (one entry per result)."""
-    benchmark = report.benchmark
     return [
         EvalResultEntry(
-            dataset_id=benchmark["dataset_id"],
-            task_id=benchmark["task_id"] if key == "tga_image" else f"{benchmark['task_id']}_no_retrieval",
-            value=report.dsr[key],
-            dataset_revision=benchmark.get("revision"),
-            notes=metric_name + (f"; judge: {report.judge}" if report.judge else ""),
+            dataset_id=report.benchmark["dataset_id"],
+            task_id=row.own[2],
+            value=row.rate,
+            dataset_revision=report.benchmark.get("revision"),
+            notes=row.own[1] + (f"; judge: {report.judge}" if report.judge else ""),
         )
-        for key, (_, metric_name) in OWN_RESULTS.items()
-        if key in report.dsr
+        for row in report.dsr
+        if row.own
     ]
 
 
@@ -334,7 +419,8 @@ def model_card(
         recipe=_recipe_rows(config, report),
         has_training_report=bool(report.training),
         dsr_rows=_dsr_rows(report),
-        has_intervals=bool(report.dsr_ci),
+        has_intervals=any(row.interval for row in report.dsr),
+        has_counts=any(row.n is not None for row in report.dsr),
         benchmark_name=report.benchmark["name"],
         n_test=report.n_test,
         judge=report.judge,
@@ -342,6 +428,16 @@ def model_card(
         command=report.command,
     )
     return ModelCard(content)
+
+
+_INDEX_LABELS = {
+    "dimension": "embedding dimension",
+    "normalized": "L2-normalised",
+    "corpus_size": "texts",
+    "texts_sha256": "sha256 of the texts",
+    "index_bytes": "bytes of index.faiss",
+    "index_sha256": "sha256 of index.faiss",
+}
 
 
 def index_card(
@@ -352,37 +448,26 @@ def index_card(
     license: str | None = None,
     template_path: str | Path | None = None,
 ) -> DatasetCard:
-    """The dataset card of a retrieval index pushed as its own dataset repository, from its `retriever_config.json`
-    (encoder, dimension, metric, index type, corpus size and sha256 are shown when present)."""
-    size = retriever_config.get("corpus_size", retriever_config.get("num_texts"))
+    """The dataset card of a retrieval index pushed as its own dataset repository. Every entry of its
+    `retriever_config.json` (encoder, dimension, metric, index type, corpus size, sources, hashes) is listed."""
+    size = retriever_config.get("corpus_size")
+    encoder = retriever_config.get("encoder")
     card_data = DatasetCardData(
         license=license,
         tags=["tga", "safety", "retrieval", "faiss"],
         pretty_name=f"TGA retrieval index {repo_id.split('/')[-1]}",
         size_categories=[_size_category(size)] if isinstance(size, int) else None,
     )
-    details = [
-        (label, retriever_config[key])
-        for key, label in (
-            ("encoder", "encoder"),
-            ("encoder_revision", "encoder revision"),
-            ("dimension", "embedding dimension"),
-            ("metric", "metric"),
-            ("normalize", "L2-normalised"),
-            ("index_type", "faiss index"),
-            ("corpus_size", "texts"),
-            ("num_texts", "texts"),
-            ("texts_sha256", "sha256 of the texts"),
-            ("corpus_sha256", "sha256 of the texts"),
-        )
-        if retriever_config.get(key) is not None
-    ]
     content = _render(
         Path(template_path) if template_path else INDEX_CARD_TEMPLATE,
         card_data,
         repo_id=repo_id,
         model_repo_id=model_repo_id,
-        details=[{"label": label, "value": format_value(value)} for label, value in details],
+        bundled_encoder=isinstance(encoder, Mapping) and bool(encoder.get("bundled")),
+        details=[
+            {"label": _INDEX_LABELS.get(label, label), "value": format_value(value)}
+            for label, value in _flatten(retriever_config)
+        ],
     )
     return DatasetCard(content)
 
@@ -398,6 +483,7 @@ def _size_category(size: int) -> str:
 __all__ = [
     "DSR_SETTINGS",
     "EvalReport",
+    "ResultRow",
     "eval_result_entries",
     "eval_results",
     "format_percent",

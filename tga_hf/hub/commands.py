@@ -1,9 +1,9 @@
-"""`tga-hf export` and `tga-hf push`."""
+"""`tga-hf export`, `tga-hf export-index` and `tga-hf push`."""
 
 import argparse
 from pathlib import Path
 
-from .export import DEFAULT_MAX_SHARD_SIZE, export
+from .export import DEFAULT_MAX_SHARD_SIZE, export, export_index
 from .loading import from_pretrained, load_retriever
 from .push import push
 
@@ -22,9 +22,24 @@ def _export(args: argparse.Namespace) -> int:
         datasets=args.dataset or None,
         license=args.license,
         max_shard_size=args.max_shard_size,
+        include_encoder=False if args.encoder_by_name else None,
         overwrite=args.overwrite,
     )
     print(f"exported {out_dir}")
+    return 0
+
+
+def _export_index(args: argparse.Namespace) -> int:
+    out_dir = export_index(
+        load_retriever(args.retriever),
+        args.out,
+        repo_id=args.repo_id,
+        model_repo_id=args.model_repo_id,
+        license=args.license,
+        include_encoder=False if args.encoder_by_name else None,
+        overwrite=args.overwrite,
+    )
+    print(f"exported {out_dir} (push it with: tga-hf push {out_dir} {args.repo_id} --repo-type dataset)")
     return 0
 
 
@@ -59,8 +74,23 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", action="append", help="Hub id of an alignment dataset (repeatable)")
     parser.add_argument("--license", help="licence identifier for the card, e.g. apache-2.0")
     parser.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="shard weights above this size")
+    parser.add_argument(
+        "--encoder-by-name",
+        action="store_true",
+        help="record the retriever's encoder by name instead of copying it into retrieval/ (smaller repository)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     parser.set_defaults(func=_export)
+
+    parser = subparsers.add_parser("export-index", help="write a retrieval index as its own Hub dataset repository")
+    parser.add_argument("--retriever", required=True, help="folder of a saved retriever (tga-hf index build)")
+    parser.add_argument("--out", required=True, help="folder to create: the dataset repository")
+    parser.add_argument("--repo-id", required=True, help="Hub id of the dataset repository (for its card)")
+    parser.add_argument("--model-repo-id", help="Hub id of the model that uses the index (linked from the card)")
+    parser.add_argument("--license", help="licence identifier for the card")
+    parser.add_argument("--encoder-by-name", action="store_true", help="do not copy the encoder into the repository")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.set_defaults(func=_export_index)
 
     parser = subparsers.add_parser("push", help="upload an exported folder to the Hugging Face Hub")
     parser.add_argument("folder", help="folder written by tga-hf export")

@@ -8,6 +8,7 @@ leaves its hidden `.NAME.partial-PID-*` sibling, which the next export into the 
 """
 
 import contextlib
+import inspect
 import json
 import os
 import re
@@ -62,7 +63,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _remove_stale_partials(out_dir: Path) -> None:
     """Remove the hidden partial folders that killed exports into `out_dir` left behind."""
-    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.(?:partial|replaced)-(\d+)-[0-9a-f]+$")
+    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.partial-(\d+)-[0-9a-f]+$")
     for sibling in out_dir.parent.iterdir():
         match = pattern.match(sibling.name)
         if match and sibling.is_dir() and not _pid_alive(int(match.group(1))):
@@ -84,6 +85,8 @@ def atomic_folder(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path
     try:
         yield partial
         if out_dir.exists():
+            if not overwrite:  # created by someone else while this export ran
+                raise FileExistsError(f"{out_dir} appeared during the export: it was left untouched")
             replaced = out_dir.parent / f".{out_dir.name}.replaced-{tag}"
             os.replace(out_dir, replaced)
             os.replace(partial, out_dir)
@@ -112,6 +115,21 @@ def _describe_files(folder: Path) -> list[tuple[str, str]]:
     return rows
 
 
+def save_retriever(retriever: Any, path: Path, include_encoder: bool | None = None) -> None:
+    """`retriever.save(path)`, copying the encoder into the folder when asked, or by default when `save` can
+    (`tga_hf.retrieval.TextRetriever.save(path, include_encoder=True)`): a repository must not depend on where the
+    encoder sat on the exporting machine."""
+    can_include = "include_encoder" in inspect.signature(retriever.save).parameters
+    if include_encoder and not can_include:
+        raise TypeError(f"{type(retriever).__name__}.save takes no include_encoder: it cannot bundle its encoder")
+    if include_encoder or (include_encoder is None and can_include):
+        retriever.save(path, include_encoder=True)
+    else:
+        retriever.save(path)
+    if not path.is_dir() or not any(path.iterdir()):
+        raise RuntimeError(f"{type(retriever).__name__}.save wrote nothing into {path}")
+
+
 def _check_exportable(model: Any) -> None:
     if hasattr(model, "peft_config"):
         raise ValueError("the model carries peft adapters: merge them first (model = model.merge_and_unload())")
@@ -131,6 +149,7 @@ def export(
     datasets: Sequence[str] | None = None,
     license: str | None = None,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    include_encoder: bool | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write `model`, `processor`, the retriever and the model card into `out_dir`, a ready-to-push Hub repository.
@@ -145,6 +164,8 @@ def export(
         repo_id: the Hub id the card's usage code loads (default: the folder name, which also loads locally).
         base_model, datasets, license: card metadata.
         max_shard_size: weights above this size are split into shards (`"5GB"`, `"200MB"` or bytes).
+        include_encoder: copy the retriever's encoder into `retrieval/` (default: when its `save` can). False records
+            the encoder by name only: smaller, but the encoder must be reachable wherever the repository is used.
 
     Returns:
         The absolute path of the folder.
@@ -168,7 +189,12 @@ def export(
             model.save_pretrained(folder, max_shard_size=max_shard_size)
             steps.update()
             steps.set_postfix_str("processor")
-            processor.save_pretrained(folder)
+            # Detached while saving so that the retriever is written once, below, whichever one is exported.
+            attached, processor.retriever = getattr(processor, "retriever", None), None
+            try:
+                processor.save_pretrained(folder)
+            finally:
+                processor.retriever = attached
             missing = [name for name in REMOTE_CODE_FILES if not (folder / name).is_file()]
             if missing or "auto_map" not in json.loads((folder / "config.json").read_text()):
                 raise RuntimeError(
@@ -177,12 +203,8 @@ def export(
                 )
             steps.update()
             steps.set_postfix_str("retrieval index")
-            # Whatever the processor wrote for its attached retriever is replaced by the one being exported.
-            shutil.rmtree(folder / RETRIEVAL_DIR, ignore_errors=True)
             if retriever is not None:
-                retriever.save(folder / RETRIEVAL_DIR)
-                if not (folder / RETRIEVAL_DIR).is_dir() or not any((folder / RETRIEVAL_DIR).iterdir()):
-                    raise RuntimeError(f"{type(retriever).__name__}.save wrote nothing into {RETRIEVAL_DIR}/")
+                save_retriever(retriever, folder / RETRIEVAL_DIR, include_encoder)
             steps.update()
             steps.set_postfix_str("model card")
             entries = eval_result_entries(parsed_report)
@@ -212,6 +234,7 @@ def export_index(
     repo_id: str,
     model_repo_id: str | None = None,
     license: str | None = None,
+    include_encoder: bool | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a retrieval index as its own Hub dataset repository: the retriever's files plus a dataset card.
@@ -219,7 +242,7 @@ def export_index(
     out_dir = Path(out_dir).absolute()
     with atomic_folder(out_dir, overwrite=overwrite) as folder:
         index_dir = folder / "index"
-        retriever.save(index_dir)
+        save_retriever(retriever, index_dir, include_encoder)
         for path in index_dir.iterdir():
             os.replace(path, folder / path.name)
         index_dir.rmdir()
@@ -229,4 +252,4 @@ def export_index(
     return out_dir
 
 
-__all__ = ["DEFAULT_MAX_SHARD_SIZE", "REMOTE_CODE_FILES", "atomic_folder", "export", "export_index"]
+__all__ = ["DEFAULT_MAX_SHARD_SIZE", "REMOTE_CODE_FILES", "atomic_folder", "export", "export_index", "save_retriever"]

@@ -64,7 +64,8 @@ def from_pretrained(
     """
     folder = resolve_repo(repo_or_dir, revision=revision, token=token, local_files_only=local_files_only)
     model = TGALlavaForConditionalGeneration.from_pretrained(folder, **model_kwargs).eval()
-    processor = TGALlavaProcessor.from_pretrained(folder)
+    # The index is attached below with `retriever_loader` / `encoder`: the processor must not load it on its own.
+    processor = TGALlavaProcessor.from_pretrained(folder, load_retriever=False)
     index_dir = folder / RETRIEVAL_DIR
     if attach_retriever and index_dir.is_dir() and getattr(processor, "retriever", None) is None:
         loader = retriever_loader or (lambda path: load_retriever(path, encoder=encoder))
