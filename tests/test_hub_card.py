@@ -6,7 +6,6 @@ import re
 
 import pytest
 import yaml
-from hub_testing import REPO_ID, REPORT, TEXTS, StandInRetriever, as_hub_cache, export_tiny, python_blocks
 from huggingface_hub import (
     DatasetCard,
     DatasetCardData,
@@ -21,6 +20,8 @@ from tga_hf import cli
 from tga_hf.hub import EvalReport, commands, export_index, index_card, model_card
 from tga_hf.hub import loading as hub_loading
 from tga_hf.hub.cards import DSR_SETTINGS, eval_result_entries
+
+from .hub_testing import REPO_ID, REPORT, TEXTS, StandInRetriever, as_hub_cache, export_tiny, python_blocks
 
 
 @pytest.fixture(scope="module")

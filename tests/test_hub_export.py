@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from hub_testing import (
+from huggingface_hub import constants
+from huggingface_hub.errors import LocalEntryNotFoundError
+
+import tga_hf
+from tga_hf import cli
+from tga_hf.hub import commands, export
+from tga_hf.hub import loading as hub_loading
+
+from .hub_testing import (
     MAX_SHARD_SIZE,
     REPO_ID,
     REPORT,
@@ -23,13 +31,6 @@ from hub_testing import (
     tiny_model,
     white_image,
 )
-from huggingface_hub import constants
-from huggingface_hub.errors import LocalEntryNotFoundError
-
-import tga_hf
-from tga_hf import cli
-from tga_hf.hub import commands, export
-from tga_hf.hub import loading as hub_loading
 
 TESTS_DIR = Path(__file__).parent
 

@@ -11,12 +11,13 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from hub_testing import REPO_ID, TEXTS, StandInRetriever, export_tiny
 from huggingface_hub import _upload_pipeline, constants
 from huggingface_hub.errors import LocalTokenNotFoundError
 
 from tga_hf import cli
 from tga_hf.hub import export_index, push, upload_files
+
+from .hub_testing import REPO_ID, TEXTS, StandInRetriever, export_tiny
 
 
 class FakeHub:
