@@ -1,0 +1,153 @@
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from PIL import Image
+
+from tga_hf.cli import main
+from tga_hf.data import from_hf_dataset, load_llava_json
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_llava(tmp_path, records):
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    for record in records:
+        if record.get("image"):
+            (images / record["image"]).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (32, 32), (200, 40, 40)).save(images / record["image"])
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records))
+    return path, images
+
+
+PRETRAIN = [
+    {
+        "id": "1",
+        "image": "a/1.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nRender a clear and concise summary of the photo."},
+            {"from": "gpt", "value": "a red square on a wall"},
+        ],
+    },
+    {"id": "2", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
+]
+MULTI_TURN = [
+    {
+        "id": "3",
+        "image": "b/3.png",
+        "conversations": [
+            {"from": "human", "value": "What colour is it?\n<image>"},
+            {"from": "gpt", "value": "Red."},
+            {"from": "human", "value": "And the shape?"},
+            {"from": "gpt", "value": "A square."},
+        ],
+    },
+]
+
+
+def test_llava_json_pretrain_rows(tmp_path):
+    path, images = write_llava(tmp_path, PRETRAIN)
+    rows = load_llava_json(path, images, caption_from_answer=True)
+    assert len(rows) == 1  # the text-only record is skipped
+    row = rows[0]
+    assert row["caption"] == row["completion"] == "a red square on a wall"
+    assert row["prompt"] == [{"role": "user", "content": "<image>\nRender a clear and concise summary of the photo."}]
+    assert isinstance(row["image"], Image.Image) and row["retrieved_text"] is None
+
+
+def test_llava_json_multi_turn_with_captions_and_retrieved_texts(tmp_path):
+    path, images = write_llava(tmp_path, MULTI_TURN)
+    captions = tmp_path / "captions.json"
+    captions.write_text(json.dumps({"b/3.png": "a red square"}))
+    rows = load_llava_json(path, images, captions=captions, retrieved_texts={"b/3.png": "a red cup"})
+    row = rows[0]
+    assert row["caption"] == "a red square" and row["retrieved_text"] == "a red cup"
+    assert [m["role"] for m in row["prompt"]] == ["user", "assistant", "user"]
+    assert row["completion"] == "A square."
+
+
+def test_llava_json_errors_name_the_problem(tmp_path):
+    path, images = write_llava(tmp_path, MULTI_TURN)
+    with pytest.raises(ValueError, match="captions="):
+        load_llava_json(path, images)
+    with pytest.raises(ValueError, match=r"1 images have no caption, e.g. \['b/3.png'\]"):
+        load_llava_json(path, images, captions={})
+    (images / "b" / "3.png").unlink()
+    with pytest.raises(FileNotFoundError, match="3.png"):
+        load_llava_json(path, images, captions={"b/3.png": "x"})
+    two_images = [
+        {
+            **MULTI_TURN[0],
+            "conversations": [{"from": "human", "value": "<image><image>"}, {"from": "gpt", "value": "x"}],
+        }
+    ]
+    path, images = write_llava(tmp_path, two_images)
+    with pytest.raises(ValueError, match="2 <image> placeholders"):
+        load_llava_json(path, images, caption_from_answer=True)
+
+
+def test_from_hf_dataset_renames_and_drops_columns():
+    dataset = Dataset.from_dict({"img": [Image.new("RGB", (8, 8))], "text": ["a cat"], "extra": [1]})
+    rows = from_hf_dataset(dataset, image_column="img", caption_column="text")
+    assert rows.column_names == ["image", "caption"]
+    with pytest.raises(ValueError, match=r"no column\(s\) \['photo', 'caption'\]"):
+        from_hf_dataset(dataset, image_column="photo")
+
+
+def test_train_command_runs_a_pretrain_stage_on_the_tiny_model(tmp_path, capsys):
+    path, images = write_llava(tmp_path, PRETRAIN)
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        "max_steps: 2\nper_device_train_batch_size: 1\nbf16: false\nreport_to: []\nsave_strategy: 'no'\n"
+        "guide_layers: [1, 2]\n"
+    )
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--config",
+            str(config),
+            "--model",
+            "tiny",
+            "--data",
+            str(path),
+            "--image-folder",
+            str(images),
+            "--stage",
+            "pretrain",
+            "--output-dir",
+            str(out),
+            "--set",
+            "logging_steps=1",
+        ]
+    )
+    assert code == 0
+    assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
+    assert "saved the pretrain model" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown training setting"):
+        main(
+            [
+                "train",
+                "--model",
+                "tiny",
+                "--data",
+                str(path),
+                "--image-folder",
+                str(images),
+                "--stage",
+                "pretrain",
+                "--set",
+                "not_a_field=1",
+            ]
+        )
+    with pytest.raises(ValueError, match="--lora applies to stage 2"):
+        main(["train", "--model", "tiny", "--data", str(path), "--stage", "pretrain", "--lora"])
