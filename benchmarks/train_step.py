@@ -105,20 +105,27 @@ def make_rows(batch_size: int, answer_words: int, size: int) -> list[dict]:
     return rows
 
 
-def step(trainer, optimizer, batch, weight: float, device: str) -> tuple[float, float]:
+def step(trainer, optimizer, batch, weight: float, device: str, verbose: bool = False) -> tuple[float, float]:
     """One optimizer step with guide weight `weight`: (seconds, peak GiB of this step; CPU: peak RSS so far)."""
     trainer.guide_loss_weight = weight
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        resident = torch.cuda.memory_allocated()
     start = time.perf_counter()
     trainer.training_step(trainer.model, dict(batch))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if cuda:
         torch.cuda.synchronize()
-        return time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30
+        peak = torch.cuda.max_memory_allocated()
+        if verbose:
+            print(
+                f"  resident {resident / 2**30:.2f} GiB (weights, grads), "
+                f"peak above it {(peak - resident) / 2**30:.2f} GiB"
+            )
+        return time.perf_counter() - start, peak / 2**30
     return time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
 
@@ -127,7 +134,8 @@ def measure(trainer, optimizer, batch, weight: float, steps: int, warmup: int, d
     alternating between the arms, so that drift and contention hit both alike."""
     memory = {}
     for name, arm_weight in (("sft", 0.0), ("tga", weight)):
-        memory[name] = max(step(trainer, optimizer, batch, arm_weight, device)[1] for _ in range(warmup))
+        print(f"{name} warm-up:")
+        memory[name] = max(step(trainer, optimizer, batch, arm_weight, device, verbose=True)[1] for _ in range(warmup))
     times = {"sft": [], "tga": []}
     for _ in range(steps):
         for name, arm_weight in (("sft", 0.0), ("tga", weight)):
