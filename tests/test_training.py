@@ -245,7 +245,7 @@ def test_guide_loss_raises_image_caption_cosine_on_aligned_data(tmp_path):
     """~100 projector-only steps with the guide loss alone: the logged cos(I, C) goes up at every guide layer."""
     model, processor = tiny_tga_llava(guide_layers=[1, 2])
     rows = make_rows(8, with_retrieved=False)
-    for row in rows:  # no answer tokens: the step is the guide term only
+    for row in rows:  # a one-token answer: the guide term dominates the step
         row["answer"] = "."
     args = make_args(
         tmp_path,

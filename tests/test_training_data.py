@@ -151,3 +151,21 @@ def test_train_command_runs_a_pretrain_stage_on_the_tiny_model(tmp_path, capsys)
         )
     with pytest.raises(ValueError, match="--lora applies to stage 2"):
         main(["train", "--model", "tiny", "--data", str(path), "--stage", "pretrain", "--lora"])
+
+
+@pytest.mark.parametrize("name", ["pretrain", "finetune"])
+def test_shipped_train_configs_are_valid(name):
+    import argparse
+    from pathlib import Path
+
+    from tga_hf.training.commands import STAGE_PRESETS, resolve_settings
+    from tga_hf.training.config import TGAConfig
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "train" / f"{name}.yaml"
+    # bf16 needs a GPU; everything else is checked as shipped
+    namespace = argparse.Namespace(config=path, set=["bf16=false"], func=None, command="train")
+    command, config_kwargs = resolve_settings(namespace)
+    assert command["stage"] == name
+    config = TGAConfig(**config_kwargs)
+    assert config.train_projector_only is STAGE_PRESETS[name]["train_projector_only"]
+    assert config.learning_rate == {"pretrain": 1e-3, "finetune": 2e-6}[name]
