@@ -1,20 +1,16 @@
+import argparse
 import json
+from pathlib import Path
 
 import pytest
-import torch
 from datasets import Dataset
 from PIL import Image
+from test_training import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
 
 from tga_hf.cli import main
 from tga_hf.data import from_hf_dataset, load_llava_json
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tga_hf.training.commands import STAGE_PRESETS, resolve_settings
+from tga_hf.training.config import TGAConfig
 
 
 def write_llava(tmp_path, records):
@@ -111,56 +107,18 @@ def test_train_command_runs_a_pretrain_stage_on_the_tiny_model(tmp_path, capsys)
         "guide_layers: [1, 2]\n"
     )
     out = tmp_path / "run"
-    code = main(
-        [
-            "train",
-            "--config",
-            str(config),
-            "--model",
-            "tiny",
-            "--data",
-            str(path),
-            "--image-folder",
-            str(images),
-            "--stage",
-            "pretrain",
-            "--output-dir",
-            str(out),
-            "--set",
-            "logging_steps=1",
-        ]
-    )
-    assert code == 0
+    command = f"train --model tiny --data {path} --image-folder {images} --stage pretrain".split()
+    assert main([*command, "--config", str(config), "--output-dir", str(out), "--set", "logging_steps=1"]) == 0
     assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
     assert "saved the pretrain model" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown training setting"):
-        main(
-            [
-                "train",
-                "--model",
-                "tiny",
-                "--data",
-                str(path),
-                "--image-folder",
-                str(images),
-                "--stage",
-                "pretrain",
-                "--set",
-                "not_a_field=1",
-            ]
-        )
+        main([*command, "--set", "not_a_field=1"])
     with pytest.raises(ValueError, match="--lora applies to stage 2"):
-        main(["train", "--model", "tiny", "--data", str(path), "--stage", "pretrain", "--lora"])
+        main([*command, "--lora"])
 
 
 @pytest.mark.parametrize("name", ["pretrain", "finetune"])
 def test_shipped_train_configs_are_valid(name):
-    import argparse
-    from pathlib import Path
-
-    from tga_hf.training.commands import STAGE_PRESETS, resolve_settings
-    from tga_hf.training.config import TGAConfig
-
     path = Path(__file__).resolve().parents[1] / "configs" / "train" / f"{name}.yaml"
     # bf16 needs a GPU; everything else is checked as shipped
     namespace = argparse.Namespace(config=path, set=["bf16=false"], func=None, command="train")
