@@ -285,3 +285,28 @@ def test_trainer_rejects_bad_settings(tmp_path):
         make_args(tmp_path, guide_schedule="cosine")
     with pytest.raises(TypeError, match="guide_hidden_states"):
         TGATrainer(model.model.language_model, args=make_args(tmp_path), train_dataset=rows, processing_class=processor)
+
+
+def test_gradient_accumulation_matches_one_big_batch_and_evaluation_logs_guide_metrics(tmp_path):
+    rows = Dataset.from_list(make_rows(4))
+    updated = []
+    for batch_size, accumulation in ((4, 1), (2, 2)):
+        model, processor = tiny_tga_llava(guide_layers=[2])
+        args = make_args(
+            tmp_path / str(batch_size),
+            max_steps=1,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            optim="sgd",
+            learning_rate=0.5,
+            gradient_checkpointing=False,
+        )
+        trainer = TGATrainer(model, args=args, train_dataset=rows, eval_dataset=rows, processing_class=processor)
+        trainer.train()
+        updated.append(parameters(model))
+    # SGD is linear in the gradient: equal updates mean the guide term is averaged over micro-batches like the LM loss
+    for name, value in updated[0].items():
+        torch.testing.assert_close(value, updated[1][name], rtol=1e-4, atol=1e-5, msg=name)
+    metrics = trainer.evaluate()
+    assert {"eval_loss", "eval_guide_loss", "eval_cos_image_caption/2", "eval_cos_retrieved_caption/2"} <= set(metrics)
+    assert -1.0 <= metrics["eval_cos_image_caption/2"] <= 1.0
