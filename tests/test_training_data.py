@@ -127,3 +127,15 @@ def test_shipped_train_configs_are_valid(name):
     config = TGAConfig(**config_kwargs)
     assert config.train_projector_only is STAGE_PRESETS[name]["train_projector_only"]
     assert config.learning_rate == {"pretrain": 1e-3, "finetune": 2e-6}[name]
+
+
+def test_train_command_takes_a_saved_hf_dataset(tmp_path):
+    dataset = Dataset.from_dict(
+        {"img": [Image.new("RGB", (32, 32), (10, 200, 10))] * 2, "text": ["a green square", "a green square"]}
+    )
+    dataset.save_to_disk(str(tmp_path / "ds"))
+    out = tmp_path / "run"
+    argv = f"train --model tiny --data {tmp_path / 'ds'} --image-column img --caption-column text --stage finetune"
+    settings = ["--set", "bf16=false", "--set", "report_to=[]", "--set", "save_strategy=no", "--set", "guide_layers=2"]
+    assert main([*argv.split(), "--max-steps", "1", "--output-dir", str(out), *settings]) == 0
+    assert (out / "model.safetensors").is_file()

@@ -166,7 +166,9 @@ def _span_masks(offsets: list[list[tuple[int, int]]], spans: list[tuple[int, int
             masks.append([False] * len(row))
             continue
         start, end = span
-        masks.append([token_end > token_start and token_start < end and token_end > start for token_start, token_end in row])
+        masks.append(
+            [token_end > token_start and token_start < end and token_end > start for token_start, token_end in row]
+        )
     return masks
 
 

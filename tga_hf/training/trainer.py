@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from peft import PeftConfig
+from peft import PeftConfig, PeftModel
 from torch import nn
 from transformers import AutoModelForImageTextToText
 from trl import SFTTrainer
@@ -97,7 +97,7 @@ class TGATrainer(SFTTrainer):
         self.guide_loss_weight = (
             model.config.guide_loss_weight if args.guide_loss_weight is None else args.guide_loss_weight
         )
-        if peft_config is None:
+        if peft_config is None and not isinstance(model, PeftModel):  # peft already chose what trains
             set_trainable_parameters(model, args.train_projector_only, args.freeze_vision_tower)
         if data_collator is None:
             if processing_class is None:
