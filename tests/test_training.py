@@ -310,3 +310,18 @@ def test_gradient_accumulation_matches_one_big_batch_and_evaluation_logs_guide_m
     metrics = trainer.evaluate()
     assert {"eval_loss", "eval_guide_loss", "eval_cos_image_caption/2", "eval_cos_retrieved_caption/2"} <= set(metrics)
     assert -1.0 <= metrics["eval_cos_image_caption/2"] <= 1.0
+
+
+def test_guide_weight_warmup_and_progress_schedule(tmp_path):
+    model, processor = tiny_tga_llava(guide_layers=[1])
+    rows = Dataset.from_list(make_rows(2))
+    args = make_args(tmp_path, guide_loss_weight=2.0, guide_warmup_steps=4, guide_schedule="progress")
+    trainer = TGATrainer(model, args=args, train_dataset=rows, processing_class=processor)
+    trainer.state.max_steps = 10
+    trainer.state.global_step = 1
+    assert trainer.current_guide_weights() == pytest.approx((1.0, 0.9 / 4, 0.81 / 10))
+    trainer.state.global_step = 5
+    assert trainer.current_guide_weights() == pytest.approx((2.0, 0.5 / 4, 0.25 / 10))
+    plain = TGATrainer(model, args=make_args(tmp_path), train_dataset=rows, processing_class=processor)
+    assert plain.guide_loss_weight == model.config.guide_loss_weight  # None takes the model config's lambda
+    assert plain.current_guide_weights() == (model.config.guide_loss_weight, 1.0, 1.0)
