@@ -61,16 +61,7 @@ class TGADataCollator:
         prompts, completions = zip(*(self._prompt_and_completion(row) for row in rows), strict=True)
         retrieved = self._retrieved_texts(rows, images)
 
-        student = self.processor(
-            images=images,
-            text=list(prompts),
-            retrieved_text=retrieved,
-            return_tga_masks=True,
-            return_tensors="pt",
-            padding=True,
-            padding_side="right",
-            add_special_tokens=False,
-        )
+        student = self._process(prompts, retrieved, images=images)
         completion_ids = self.processor.tokenizer(list(completions), add_special_tokens=False)["input_ids"]
         batch = self._append_completions(student, completion_ids)
         if not self.return_guide_inputs:
@@ -80,20 +71,24 @@ class TGADataCollator:
         missing = [index for index, caption in enumerate(captions) if not caption]
         if missing:
             raise ValueError(f"rows {missing} have no 'caption': the guide loss needs the caption of every image")
-        teacher = self.processor(
+        teacher = self._process(prompts, retrieved, captions=captions)
+        batch["teacher_input_ids"] = teacher["input_ids"]
+        batch["teacher_attention_mask"] = teacher["attention_mask"]
+        batch["caption_mask"] = teacher["caption_mask"]
+        return batch
+
+    def _process(self, prompts: Sequence[str], retrieved: list[str | None], **inputs) -> dict[str, torch.Tensor]:
+        # The chat template already holds the special tokens; right padding so that prompts end where answers start
+        return self.processor(
             text=list(prompts),
-            captions=captions,
             retrieved_text=retrieved,
             return_tga_masks=True,
             return_tensors="pt",
             padding=True,
             padding_side="right",
             add_special_tokens=False,
+            **inputs,
         )
-        batch["teacher_input_ids"] = teacher["input_ids"]
-        batch["teacher_attention_mask"] = teacher["attention_mask"]
-        batch["caption_mask"] = teacher["caption_mask"]
-        return batch
 
     def _prompt_and_completion(self, row: dict[str, Any]) -> tuple[str, str]:
         image_token = self.processor.image_token

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,23 @@ COMMAND_KEYS = (
     "lora_r",
     "lora_alpha",
 )
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2 booleans: only true/false are bools, so `save_strategy: no` stays the string "no"."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -70,7 +88,7 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str
     settings: dict[str, Any] = {}
     if args.config is not None:
         text = args.config.read_text(encoding="utf-8")
-        loaded = json.loads(text) if args.config.suffix == ".json" else yaml.safe_load(text)
+        loaded = json.loads(text) if args.config.suffix == ".json" else _load_yaml(text)
         if not isinstance(loaded, dict):
             raise ValueError(f"{args.config} must hold a mapping of option names to values")
         settings.update({key.replace("-", "_"): value for key, value in loaded.items()})
@@ -78,7 +96,7 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        settings[key.replace("-", "_")] = yaml.safe_load(value)
+        settings[key.replace("-", "_")] = _load_yaml(value)
     cli = {key: value for key, value in vars(args).items() if key not in ("config", "set", "func", "command")}
     settings.update({key: value for key, value in cli.items() if value is not None})
 

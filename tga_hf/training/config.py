@@ -41,7 +41,7 @@ class TGAConfig(SFTConfig):
         default=None,
         metadata={"help": "lambda of the guide loss; None takes the model config's value, 0 disables the guide loss."},
     )
-    guide_layers: list[int] | str = field(
+    guide_layers: list[int] | int | str = field(
         default="auto",
         metadata={"help": "Hidden-state indices to guide, or 'auto' for model.config.resolved_guide_layers()."},
     )
@@ -61,6 +61,8 @@ class TGAConfig(SFTConfig):
         super().__post_init__()
         if self.guide_loss_weight is not None and self.guide_loss_weight < 0:
             raise ValueError(f"guide_loss_weight must be >= 0, got {self.guide_loss_weight}")
+        if isinstance(self.guide_layers, int):
+            self.guide_layers = [self.guide_layers]
         if isinstance(self.guide_layers, str):
             if self.guide_layers != "auto":
                 # The CLI passes lists as "2,3"

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from peft import PeftConfig
+from peft import PeftConfig, PeftModel
 from torch import nn
 from transformers import AutoModelForImageTextToText
 from trl import SFTTrainer
@@ -97,7 +97,7 @@ class TGATrainer(SFTTrainer):
         self.guide_loss_weight = (
             model.config.guide_loss_weight if args.guide_loss_weight is None else args.guide_loss_weight
         )
-        if peft_config is None:
+        if peft_config is None and not isinstance(model, PeftModel):  # peft already chose what trains
             set_trainable_parameters(model, args.train_projector_only, args.freeze_vision_tower)
         if data_collator is None:
             if processing_class is None:
@@ -136,7 +136,7 @@ class TGATrainer(SFTTrainer):
     def _tga_model(self, model: nn.Module) -> nn.Module:
         """The TGA-LLaVA module itself, under accelerate / DeepSpeed / peft wrappers (peft adapters stay active)."""
         unwrapped = self.accelerator.unwrap_model(model)
-        return unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+        return unwrapped.get_base_model() if isinstance(unwrapped, PeftModel) else unwrapped
 
     def current_guide_weights(self) -> tuple[float, float, float]:
         """(lambda, image-term weight, pair-term weight) at the current step, after warm-up and schedule."""
@@ -173,14 +173,14 @@ class TGATrainer(SFTTrainer):
         retrieved_mask = guide_inputs.get("retrieved_text_mask")
         student_states = captured["hidden_states"]
         image_states = pool_guide_states(student_states, self.guide_layers, image_mask)
-        retrieved_states = None
+        retrieved_states = has_retrieved = None
         if retrieved_mask is not None:
             retrieved_states = pool_guide_states(student_states, self.guide_layers, retrieved_mask)
-            retrieved_mask = retrieved_mask.any(dim=1)
+            has_retrieved = retrieved_mask.any(dim=1)
         caption_states = self._teacher_states(model, tga_model, guide_inputs)
 
         weight, image_weight, pair_weight = self.current_guide_weights()
-        guide = guide_loss(image_states, caption_states, retrieved_states, retrieved_mask, image_weight, pair_weight)
+        guide = guide_loss(image_states, caption_states, retrieved_states, has_retrieved, image_weight, pair_weight)
         # Like TRL's MoE aux loss: with `num_items_in_batch`, Trainer leaves gradient accumulation to the loss, so a
         # per-micro-batch mean is averaged over the accumulation steps here. DDP averages it across ranks.
         steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None and model.training else 1
