@@ -5,12 +5,13 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 from PIL import Image
-from test_training import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
 
 from tga_hf.cli import main
 from tga_hf.data import from_hf_dataset, load_llava_json
 from tga_hf.training.commands import STAGE_PRESETS, resolve_settings
 from tga_hf.training.config import TGAConfig
+
+from .test_training import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
 
 
 def write_llava(tmp_path, records):
