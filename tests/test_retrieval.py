@@ -160,6 +160,8 @@ def test_automatic_index_choice_is_recorded_and_overridable():
     assert IndexSpec.parse(big.to_dict(), 10, 512) == big
     with pytest.raises(ValueError, match="faiss cannot build index 'IVFx'"):
         IndexSpec("IVFx").new_index(8)
+    with pytest.raises(ValueError, match="expected an IVF factory string"):
+        IndexSpec.parse("IVF12", 100, 8)
     with pytest.raises(ValueError, match="storage must be"):
         IndexSpec.auto(10, 8, storage="int4")
 

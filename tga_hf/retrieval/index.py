@@ -60,13 +60,14 @@ class IndexSpec:
         if num_vectors <= FLAT_MAX:
             train_size = min(num_vectors, 65_536) if storage == "pq" else None
             return cls(factory=code, train_size=train_size)
-        # ~sqrt(N) lists as a power of two; 40 training points per list is faiss' recommended minimum (39).
-        nlist = 2 ** round(math.log2(math.sqrt(num_vectors)))
-        return cls(
-            factory=f"IVF{nlist},{code}",
-            nprobe=max(1, nlist // 32),
-            train_size=min(num_vectors, 40 * nlist),
-        )
+        return cls.ivf(num_vectors, code)
+
+    @classmethod
+    def ivf(cls, num_vectors: int, code: str = "Flat", nlist: int | None = None) -> IndexSpec:
+        """An inverted file over `num_vectors`: by default ~sqrt(N) lists (a power of two), 1/32 of them scanned per
+        query, trained on 40 vectors per list (faiss' recommended minimum is 39)."""
+        nlist = nlist or 2 ** round(math.log2(math.sqrt(num_vectors)))
+        return cls(f"IVF{nlist},{code}", nprobe=max(1, nlist // 32), train_size=min(num_vectors, 40 * nlist))
 
     @classmethod
     def parse(cls, value: IndexSpec | str | dict | None, num_vectors: int, dim: int, storage: Storage = "fp32"):
@@ -79,8 +80,10 @@ class IndexSpec:
         if isinstance(value, dict):
             return cls(**value)
         if value.startswith("IVF"):
-            nlist = int(value[3:].split(",", 1)[0].split("_", 1)[0])
-            return cls(value, nprobe=max(1, nlist // 32), train_size=min(num_vectors, 40 * nlist))
+            head, _, code = value.partition(",")
+            if not head[3:].isdigit() or not code:
+                raise ValueError(f"expected an IVF factory string like 'IVF1024,Flat', got {value!r}")
+            return cls.ivf(num_vectors, code, nlist=int(head[3:]))
         if value.startswith("HNSW"):
             return cls(value, ef_search=64)
         return cls(value, train_size=min(num_vectors, 65_536) if "PQ" in value else None)
