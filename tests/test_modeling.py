@@ -249,7 +249,7 @@ def test_remote_code_imports_only_torch_transformers_stdlib_and_siblings(saved):
     import ast
 
     folder, *_ = saved
-    allowed = {"torch", "transformers", "collections", "typing", "huggingface_hub", "dataclasses"}
+    allowed = {"torch", "transformers", "collections", "typing", "huggingface_hub", "dataclasses", "os"}
     for name in REMOTE_FILES:
         tree = ast.parse(Path(folder, name).read_text())
         for node in tree.body:

@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "tga_hf.eval.commands",
     "tga_hf.eval.analyses.commands",
     "tga_hf.hub.commands",
+    "tga_hf.retrieval.commands",
 )
 
 

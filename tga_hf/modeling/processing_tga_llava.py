@@ -1,13 +1,20 @@
 """Processor for TGA-LLaVA: LlavaProcessor plus the retrieved-text prefix and the token masks of the guide loss."""
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import LlavaProcessor
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.utils import cached_file, logging
+
+logger = logging.get_logger(__name__)
 
 DEFAULT_RETRIEVAL_TEMPLATE = "Retrieved Text: {retrieved_text}. "
+# A saved retriever lives in this sub-folder of the processor/model folder (tga_hf.retrieval.TextRetriever.save).
+RETRIEVAL_DIR = "retrieval"
+RETRIEVER_CONFIG_NAME = "retriever_config.json"
 
 
 class TGALlavaProcessor(LlavaProcessor):
@@ -22,6 +29,10 @@ class TGALlavaProcessor(LlavaProcessor):
       teacher input of the guide loss) and this mask marks the caption's tokens.
 
     Masks are opt-in so that `model.generate(**processor(...))` never receives keys the model does not take.
+
+    An attached `tga_hf.retrieval.TextRetriever` is saved by `save_pretrained` to `retrieval/` and re-attached by
+    `from_pretrained` (when faiss and sentence-transformers are installed; otherwise the processor loads without it and
+    logs a warning).
 
     Example:
 
@@ -65,12 +76,88 @@ class TGALlavaProcessor(LlavaProcessor):
         `tga_hf.retrieval.TextRetriever`); from then on images without a given retrieved text are looked up."""
         self.retriever = retriever
 
+    def load_retriever(self, name_or_path: str | os.PathLike, encoder: Any = None, **kwargs) -> None:
+        """Load a saved `tga_hf.retrieval.TextRetriever` (a folder or Hub id; `kwargs` go to `TextRetriever.load`)
+        and attach it."""
+        self.attach_retriever(_text_retriever_class().load(name_or_path, encoder=encoder, **kwargs))
+
     def retrieve(self, images: Sequence[Any]) -> list[str]:
         """The retrieved text for each image: the top-k hits of the attached retriever joined by '; '."""
         if self.retriever is None:
             raise ValueError("no retriever attached: call attach_retriever(...) or pass retrieved_text=")
         hits = self.retriever.search(list(images), k=self.retrieval_top_k)
         return ["; ".join(text for text, _ in sample_hits) for sample_hits in hits]
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """LlavaProcessor's files plus, with a retriever attached, the retriever in `save_directory/retrieval/`."""
+        if self.retriever is not None:
+            if hasattr(self.retriever, "save"):
+                self.retriever.save(os.path.join(save_directory, RETRIEVAL_DIR))
+            else:
+                logger.warning(f"the attached {type(self.retriever).__name__} has no save(): it is not saved")
+        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+    def _upload_modified_files(self, working_dir, repo_id, files_timestamps, **kwargs):
+        # save_pretrained writes the retriever before ProcessorMixin snapshots the folder's timestamps: upload it too.
+        if self.retriever is not None:
+            files_timestamps = {name: stamp for name, stamp in files_timestamps.items() if name != RETRIEVAL_DIR}
+        return super()._upload_modified_files(working_dir, repo_id, files_timestamps, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        # The retriever is saved in its own folder, not in processor_config.json, and must not be deep-copied.
+        retriever = self.__dict__.pop("retriever", None)
+        try:
+            return super().to_dict()
+        finally:
+            self.retriever = retriever
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        cache_dir: str | os.PathLike | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        revision: str = "main",
+        load_retriever: bool = True,
+        retriever_encoder: Any = None,
+        **kwargs,
+    ):
+        """LlavaProcessor.from_pretrained, then re-attach a retriever saved in `retrieval/` (skip with
+        `load_retriever=False`; `retriever_encoder` replaces the encoder recorded in its config)."""
+        processor = super().from_pretrained(
+            pretrained_model_name_or_path,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+            revision=revision,
+            **kwargs,
+        )
+        if not load_retriever:
+            return processor
+        hub_kwargs = dict(cache_dir=cache_dir, token=token, revision=revision, local_files_only=local_files_only)
+        retriever_config = cached_file(
+            pretrained_model_name_or_path,
+            f"{RETRIEVAL_DIR}/{RETRIEVER_CONFIG_NAME}",
+            _raise_exceptions_for_missing_entries=False,
+            **hub_kwargs,
+        )
+        if retriever_config is None:
+            return processor
+        try:
+            _text_retriever_class()
+        except ImportError as error:
+            logger.warning(f"{pretrained_model_name_or_path} has a saved retriever; loading without it: {error}")
+            return processor
+        processor.load_retriever(
+            pretrained_model_name_or_path,
+            encoder=retriever_encoder,
+            subfolder=RETRIEVAL_DIR,
+            **hub_kwargs,
+        )
+        return processor
 
     def __call__(
         self,
@@ -172,6 +259,20 @@ def _span_masks(offsets: list[list[tuple[int, int]]], spans: list[tuple[int, int
     return masks
 
 
+def _text_retriever_class():
+    """`tga_hf.retrieval.TextRetriever`, imported on use: this file is remote code and must load without tga-hf,
+    faiss or sentence-transformers installed."""
+    try:
+        from tga_hf.retrieval import TextRetriever
+        from tga_hf.retrieval.encoder import require_retrieval_dependencies
+    except ImportError as error:
+        raise ImportError(
+            f"retrieval needs tga-hf with faiss-cpu and sentence-transformers: pip install tga-hf ({error})"
+        ) from error
+    require_retrieval_dependencies()
+    return TextRetriever
+
+
 def _per_sample(values: str | Sequence[str | None] | None, batch_size: int, name: str) -> list | None:
     if values is None:
         return None
@@ -189,4 +290,4 @@ def _one_image_per_sample(images: Any, batch_size: int) -> list:
     return flat
 
 
-__all__ = ["TGALlavaProcessor", "DEFAULT_RETRIEVAL_TEMPLATE"]
+__all__ = ["TGALlavaProcessor", "DEFAULT_RETRIEVAL_TEMPLATE", "RETRIEVAL_DIR"]
