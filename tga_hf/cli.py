@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 
 # Each module registers its own sub-commands; the list is the only place that knows them all.
-COMMAND_MODULES = ("tga_hf.demo",)
+COMMAND_MODULES = ("tga_hf.demo", "tga_hf.vision_tower.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:
