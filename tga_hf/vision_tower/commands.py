@@ -25,7 +25,13 @@ def _train(args: argparse.Namespace) -> int:
         sources[Path(path).name] = len(file_texts)
         texts += file_texts
     width = args.hidden_size
-    tower = {"num_hidden_layers": args.layers, "hidden_size": width, "intermediate_size": 4 * width}
+    tower = {
+        "num_hidden_layers": args.layers,
+        "hidden_size": width,
+        "intermediate_size": 4 * width,
+        "num_attention_heads": args.heads,
+        "patch_size": args.patch_size,
+    }
     config = TowerTrainingConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -76,6 +82,8 @@ def add_commands(subparsers) -> None:
     train.add_argument("--heldout", type=int, default=1000, help="sentences held out for the recall evaluation")
     train.add_argument("--layers", type=int, default=6)
     train.add_argument("--hidden-size", type=int, default=256)
+    train.add_argument("--heads", type=int, default=4)
+    train.add_argument("--patch-size", type=int, default=16, help="16 -> 100 patches of a 160 image; 20 -> 64")
     train.add_argument("--image-size", type=int, default=160)
     train.add_argument("--text-encoder", help="SentenceTransformer folder (default: the installed all-MiniLM-L6-v2)")
     train.add_argument("--device", help="cuda / cpu (default: cuda when available)")
