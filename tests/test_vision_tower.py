@@ -22,7 +22,14 @@ from tga_hf.vision_tower import (
     word_salad_sentences,
 )
 from tga_hf.vision_tower.model import render_to_array
-from tga_hf.vision_tower.train import HELDOUT_FILE, TRAINING_FILE, evaluate_tower, render_many, split_heldout
+from tga_hf.vision_tower.train import (
+    HELDOUT_FILE,
+    TRAINING_FILE,
+    evaluate_tower,
+    render_many,
+    split_heldout,
+    warmup_cosine,
+)
 
 
 class HashTextEncoder:
@@ -181,6 +188,29 @@ def test_training_moves_images_towards_their_texts(tmp_path):
     recall = evaluate_tower(tower, processor, encoder, seen, styles=("plain",))
     # 32 training sentences: chance recall@5 is 5/32; a few dozen steps must clearly beat it.
     assert recall["plain"]["recall@5"] > 2 * 5 / 32
+
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine(0.0, 0.1) == pytest.approx(0.01)
+    assert warmup_cosine(0.05, 0.1) == pytest.approx(0.51)
+    assert warmup_cosine(0.1, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(0.55, 0.1) == pytest.approx(0.5)
+    assert warmup_cosine(0.999, 0.1) < 1e-4
+
+
+def test_time_budget_stops_training_and_is_recorded(tmp_path):
+    config = _tiny_config(steps=10_000, max_seconds=1.0)
+    metrics = train_lit_tower(benign_sentences(30, seed=0), HashTextEncoder(), tmp_path / "tower", config, device="cpu")
+    assert 1 <= metrics["steps_done"] < 10_000
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"steps": 0}, "steps"), ({"warmup_ratio": 1.0}, "warmup_ratio"), ({"max_seconds": 0}, "max_seconds")],
+)
+def test_training_config_is_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TowerTrainingConfig(**kwargs)
 
 
 def test_cli_registers_tower_commands():

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import CLIPVisionModelWithProjection, get_cosine_schedule_with_warmup
+from transformers import CLIPVisionModelWithProjection
 
 from ..data.render import RenderStyle, render_text_image
 from ..fileio import atomic_directory
@@ -55,7 +55,24 @@ class TowerTrainingConfig:
     tower: dict = field(default_factory=dict)  # extra `lit_tower_config` arguments (layers, width, ...)
     save_dtype: str = "float16"
     render_workers: int | None = None
-    max_seconds: float | None = None  # stop training early past this wall-clock budget (recorded as steps_done)
+    # Wall-clock budget: the schedule then follows max(step / steps, elapsed / max_seconds), so a run cut short by
+    # the budget still warms up and anneals fully; the steps actually done are recorded as steps_done.
+    max_seconds: float | None = None
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 2:
+            raise ValueError(f"need steps >= 1 and batch_size >= 2, got {self.steps} and {self.batch_size}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ValueError(f"max_seconds must be positive, got {self.max_seconds}")
+
+
+def warmup_cosine(fraction: float, warmup_ratio: float) -> float:
+    """Learning-rate multiplier at training progress `fraction` in [0, 1): linear warm-up, then cosine to zero."""
+    if fraction < warmup_ratio:
+        return (fraction + 1e-3) / warmup_ratio  # never exactly zero at step 0
+    return 0.5 * (1 + math.cos(math.pi * (fraction - warmup_ratio) / (1 - warmup_ratio)))
 
 
 def _render_chunk(args: tuple[list[str], list[str], int]) -> np.ndarray:
@@ -196,7 +213,6 @@ def train_lit_tower(
         lr=config.learning_rate,
         weight_decay=config.weight_decay,
     )
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * config.steps), config.steps)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     labels = torch.arange(config.batch_size, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -206,9 +222,14 @@ def train_lit_tower(
     train_started = time.perf_counter()
     steps_done = 0
     for step in progress:
-        if config.max_seconds is not None and time.perf_counter() - train_started > config.max_seconds:
+        fraction = step / config.steps
+        if config.max_seconds is not None:
+            fraction = max(fraction, (time.perf_counter() - train_started) / config.max_seconds)
+        if fraction >= 1:
             progress.write(f"time budget of {config.max_seconds:.0f} s reached after {step} steps: stopping")
             break
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate * warmup_cosine(fraction, config.warmup_ratio)
         index = torch.randperm(len(train_texts), generator=generator)[: config.batch_size].to(device)
         with autocast:
             image_embeds = tower(pixel_values=pixel_values_from_gray(renders[index])).image_embeds
@@ -218,7 +239,6 @@ def train_lit_tower(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tower.parameters(), 1.0)
         optimizer.step()
-        scheduler.step()
         with torch.no_grad():
             logit_scale.clamp_(0, math.log(100))
         steps_done = step + 1
