@@ -26,10 +26,7 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
         raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    # mkdtemp creates the folder private (0700); give the result the permissions a plain mkdir would have.
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
+    apply_umask(tmp, 0o777)
     try:
         yield tmp
         if path.exists():
@@ -43,6 +40,13 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def apply_umask(path: str | Path, mode: int) -> None:
+    """Give a file made by `tempfile` (created private) the permissions a plain open()/mkdir() would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .fileio import atomic_directory, sha256_file
+from .fileio import apply_umask, atomic_directory, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ def join_parts(parts: Sequence[Callable], dest: str | Path, size: int, sha256: s
             raise ValueError(f"joined parts of {dest.name} have {written:,} bytes, expected {size:,}")
         if digest.hexdigest() != sha256:
             raise ValueError(f"joined parts of {dest.name} have sha256 {digest.hexdigest()}, expected {sha256}")
+        apply_umask(tmp_name, 0o666)
         os.replace(tmp_name, dest)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
