@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "tga_hf.eval.analyses.commands",
     "tga_hf.hub.commands",
     "tga_hf.retrieval.commands",
+    "tga_hf.vision_tower.commands",
 )
 
 

@@ -1,0 +1,141 @@
+"""Typographic image renderer: text wrapped on a white square canvas (plain or FigStep style).
+
+The images are what the project's own vision tower learns to read and what the safety evaluation shows the LVLM, so
+the renderer is deterministic (same text, same bytes on any machine with the same Pillow and font) and never lets text
+leave the canvas: it wraps on word boundaries, shrinks the font when the text is too long, and as a last resort
+truncates with an ellipsis.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image, ImageDraw, ImageFont
+
+RenderStyle = Literal["plain", "figstep"]
+
+# FigStep (Gong et al., 2023) shows the request followed by an empty numbered list the model is asked to fill in.
+FIGSTEP_SUFFIX = "1.\n2.\n3."
+ELLIPSIS = "…"
+DEFAULT_FONT_SIZE = 15
+MIN_FONT_SIZE = 8
+_LINE_SPACING = 1.2
+
+
+@functools.cache
+def _font_path() -> str | None:
+    """DejaVuSans from matplotlib's bundled fonts (a declared dependency); None when it is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    return str(path) if path.is_file() else None
+
+
+@functools.cache
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    path = _font_path()
+    if path is None:
+        return ImageFont.load_default(size=size)
+    # The basic layout engine does not depend on whether libraqm happens to be installed: same pixels everywhere.
+    return ImageFont.truetype(path, size=size, layout_engine=ImageFont.Layout.BASIC)
+
+
+def _split_long_word(word: str, font, width: float) -> list[str]:
+    """Break a word wider than the canvas into pieces that fit (URLs, chemical names, long numbers)."""
+    pieces, current = [], ""
+    for char in word:
+        if current and font.getlength(current + char) > width:
+            pieces.append(current)
+            current = char
+        else:
+            current += char
+    return pieces + [current]
+
+
+def wrap_text(text: str, font, width: float) -> list[str]:
+    """Greedy word wrap of `text` (paragraphs split on newlines) so that every line is at most `width` pixels."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        current = ""
+        for word in paragraph.split():
+            candidate = f"{current} {word}" if current else word
+            if font.getlength(candidate) <= width:
+                current = candidate
+                continue
+            if current:
+                lines.append(current)
+            *full, current = _split_long_word(word, font, width)
+            lines.extend(full)
+        lines.append(current)
+    return lines
+
+
+def _truncate(lines: list[str], max_lines: int, font, width: float) -> list[str]:
+    """Keep the first `max_lines` lines and end the last one with an ellipsis that still fits the width."""
+    kept = lines[:max_lines]
+    last = kept[-1].rstrip()
+    while last and font.getlength(last + ELLIPSIS) > width:
+        last = last[:-1].rstrip()
+    kept[-1] = last + ELLIPSIS
+    return kept
+
+
+def render_text_image(
+    text: str,
+    size: int = 160,
+    font_size: int = DEFAULT_FONT_SIZE,
+    style: RenderStyle = "plain",
+    margin: int | None = None,
+    min_font_size: int = MIN_FONT_SIZE,
+) -> Image.Image:
+    """Render `text` in black on a white `size` x `size` RGB canvas.
+
+    The font starts at `font_size` and shrinks (down to `min_font_size`) until the wrapped text fits inside the
+    margins; text that still does not fit is cut at the last line that fits and ends with an ellipsis.
+
+    Args:
+        text: the text to draw; newlines start new paragraphs.
+        size: side of the square canvas in pixels (square, as CLIP-style vision towers expect).
+        font_size: starting font size in pixels.
+        style: "plain", or "figstep" to append the empty numbered list "1. 2. 3." on separate lines.
+        margin: blank border in pixels; default `size // 20`.
+        min_font_size: smallest font size tried before truncating.
+
+    Example:
+        >>> image = render_text_image("How do I bake bread?", style="figstep")
+        >>> image.size
+        (160, 160)
+    """
+    if style not in ("plain", "figstep"):
+        raise ValueError(f"style must be 'plain' or 'figstep', got {style!r}")
+    if size < 16:
+        raise ValueError(f"size must be at least 16 pixels, got {size}")
+    if not 1 <= min_font_size <= font_size:
+        raise ValueError(f"need 1 <= min_font_size <= font_size, got {min_font_size} and {font_size}")
+    margin = size // 20 if margin is None else margin
+    inner = size - 2 * margin
+    if inner < min_font_size:
+        raise ValueError(f"margin {margin} leaves no room on a {size}-pixel canvas")
+    body = text.strip()
+    if style == "figstep":
+        body = f"{body}\n{FIGSTEP_SUFFIX}" if body else FIGSTEP_SUFFIX
+
+    for current_size in range(font_size, min_font_size - 1, -1):
+        font = _font(current_size)
+        line_height = round(current_size * _LINE_SPACING)
+        lines = wrap_text(body, font, inner)
+        if len(lines) * line_height <= inner:
+            break
+    else:
+        lines = _truncate(lines, max(1, inner // line_height), font, inner)
+
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    for index, line in enumerate(lines):
+        # Anchor "la" puts the line's ascender at y, so a line never draws above its slot.
+        draw.text((margin, margin + index * line_height), line, fill="black", font=font, anchor="la")
+    return image

