@@ -195,32 +195,15 @@ def test_image_count_must_match_image_tokens(tiny, image):
         model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"][:1])
 
 
-def test_compose_copies_language_model_and_adds_image_token():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def test_compose_adds_image_token_and_keeps_chat_template():
+    from tga_hf.tiny import tiny_tokenizer
 
-    from tga_hf.tiny import TinySpec, tiny_tokenizer
-
-    spec = TinySpec()
     model, processor = tiny_tga_llava(seed=5)
     tokenizer = tiny_tokenizer()
-    torch.manual_seed(5)
-    # the same LM tiny_tga_llava composed, rebuilt with the same seed sequence is not guaranteed: compare weights
-    language_model = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=len(tokenizer),
-            hidden_size=spec.text_hidden,
-            intermediate_size=spec.text_hidden * 2,
-            num_hidden_layers=spec.text_layers,
-            num_attention_heads=spec.heads,
-            num_key_value_heads=spec.kv_heads,
-        )
-    )
     assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id == len(tokenizer)
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer) + 1
+    assert model.lm_head.weight.shape[0] == len(tokenizer) + 1
     assert processor.chat_template == tokenizer.chat_template
-    original = {k: v for k, v in language_model.model.state_dict().items() if "embed" not in k}
-    composed = model.model.language_model.state_dict()
-    assert original.keys() <= composed.keys()
 
 
 def test_compose_keeps_text_only_behaviour_of_the_language_model():

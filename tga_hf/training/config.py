@@ -1,0 +1,83 @@
+"""`TGAConfig`: TRL's `SFTConfig` plus the settings of Text-Guided vision-language Alignment."""
+
+from dataclasses import dataclass, field
+
+from trl import SFTConfig
+
+GUIDE_SCHEDULES = ("constant", "progress")
+
+
+@dataclass
+class TGAConfig(SFTConfig):
+    r"""
+    Configuration of the [`TGATrainer`]: every [`~trl.SFTConfig`] field plus the TGA ones below.
+
+    Parameters:
+        guide_loss_weight (`float`, *optional*):
+            lambda in `L = L_LM + lambda * L_guide`. `None` (default) takes the model's `config.guide_loss_weight`.
+            `0` turns the guide loss off entirely (no teacher pass): a plain SFT step on the TGA prompt, i.e. the
+            "retrieval prefix only" ablation.
+        guide_layers (`list[int]` or `"auto"`, *optional*, defaults to `"auto"`):
+            Hidden-state indices (1..num_hidden_layers) the guide loss aligns at. `"auto"` takes
+            `model.config.resolved_guide_layers()` (the measured safety band when the model has one).
+        guide_warmup_steps (`int`, *optional*, defaults to `0`):
+            lambda ramps linearly from 0 to its value over this many optimizer steps.
+        guide_schedule (`str`, *optional*, defaults to `"constant"`):
+            `"constant"`: the paper's loss. `"progress"`: the public reference code's schedule, weighting the image
+            term by (1-p)/4 and the pair term by (1-p)^2/10 at training progress p = step / max_steps.
+        train_projector_only (`bool`, *optional*, defaults to `False`):
+            Stage 1 (pre-training): only the multi-modal projector trains; vision tower and LLM are frozen.
+        freeze_vision_tower (`bool`, *optional*, defaults to `True`):
+            Keep the vision tower frozen in stage 2 as well (the LLaVA recipe and the paper).
+
+    Example:
+
+    ```python
+    >>> args = TGAConfig("out", guide_layers=[2, 3], guide_loss_weight=1.0, train_projector_only=True,
+    ...                  learning_rate=1e-3)
+    ```"""
+
+    guide_loss_weight: float | None = field(
+        default=None,
+        metadata={"help": "lambda of the guide loss; None takes the model config's value, 0 disables the guide loss."},
+    )
+    guide_layers: list[int] | int | str = field(
+        default="auto",
+        metadata={"help": "Hidden-state indices to guide, or 'auto' for model.config.resolved_guide_layers()."},
+    )
+    guide_warmup_steps: int = field(
+        default=0, metadata={"help": "Ramp the guide loss weight linearly from 0 over this many steps."}
+    )
+    guide_schedule: str = field(
+        default="constant",
+        metadata={"help": "'constant' (paper) or 'progress' (reference code's (1-p)/4 and (1-p)^2/10 weights)."},
+    )
+    train_projector_only: bool = field(
+        default=False, metadata={"help": "Stage 1: train the projector only (vision tower and LLM frozen)."}
+    )
+    freeze_vision_tower: bool = field(default=True, metadata={"help": "Keep the vision tower frozen."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.guide_loss_weight is not None and self.guide_loss_weight < 0:
+            raise ValueError(f"guide_loss_weight must be >= 0, got {self.guide_loss_weight}")
+        if isinstance(self.guide_layers, int):
+            self.guide_layers = [self.guide_layers]
+        if isinstance(self.guide_layers, str):
+            if self.guide_layers != "auto":
+                # The CLI passes lists as "2,3"
+                try:
+                    self.guide_layers = [int(part) for part in self.guide_layers.split(",") if part.strip()]
+                except ValueError:
+                    raise ValueError(
+                        f"guide_layers must be 'auto' or a list of ints, got {self.guide_layers!r}"
+                    ) from None
+        if self.guide_layers != "auto" and not self.guide_layers:
+            raise ValueError("guide_layers must be 'auto' or a non-empty list of hidden-state indices")
+        if self.guide_warmup_steps < 0:
+            raise ValueError(f"guide_warmup_steps must be >= 0, got {self.guide_warmup_steps}")
+        if self.guide_schedule not in GUIDE_SCHEDULES:
+            raise ValueError(f"guide_schedule must be one of {GUIDE_SCHEDULES}, got {self.guide_schedule!r}")
+
+
+__all__ = ["TGAConfig"]
