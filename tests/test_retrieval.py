@@ -154,9 +154,9 @@ def test_automatic_index_choice_is_recorded_and_overridable():
     assert IndexSpec.auto(100_000, 384) == IndexSpec("Flat")
     assert IndexSpec.auto(5_000, 384, storage="fp16").factory == "SQfp16"
     big = IndexSpec.auto(1_000_000, 512)
-    assert big == IndexSpec("IVF1024,Flat", nprobe=32, train_size=40_960)
-    assert IndexSpec.auto(1_000_000, 384, storage="pq").factory == "IVF1024,PQ48"
-    assert IndexSpec.parse("IVF64,SQfp16", 10_000, 32) == IndexSpec("IVF64,SQfp16", nprobe=2, train_size=2_560)
+    assert big == IndexSpec("IVF4096,Flat", nprobe=32, train_size=163_840)
+    assert IndexSpec.auto(1_000_000, 384, storage="pq").factory == "IVF4096,PQ48"
+    assert IndexSpec.parse("IVF64,SQfp16", 10_000, 32) == IndexSpec("IVF64,SQfp16", nprobe=8, train_size=2_560)
     assert IndexSpec.parse(big.to_dict(), 10, 512) == big
     with pytest.raises(ValueError, match="faiss cannot build index 'IVFx'"):
         IndexSpec("IVFx").new_index(8)
@@ -181,21 +181,23 @@ def test_ivf_retriever_streams_trains_saves_and_loads(joint, tmp_path):
     rng = np.random.default_rng(0)
     words = "red blue green dog cat car tree house river boat city street child ball food table".split()
     texts = list(dict.fromkeys(" ".join(rng.choice(words, 4)) for _ in range(90)))[:80]
-    built = TextRetriever.build(texts, joint, show_progress=False, index="IVF2,Flat", chunk_size=30)
-    assert built.spec == IndexSpec("IVF2,Flat", nprobe=1, train_size=80)
+    spec = IndexSpec("IVF4,Flat", nprobe=1, train_size=80)
+    built = TextRetriever.build(texts, joint, show_progress=False, index=spec, chunk_size=30)
+    assert built.index.nprobe == 1 and built.index.nlist == 4
     # every indexed text finds itself: the IVF lists hold all of them, in corpus order
     assert [hits[0][0] for hits in built.search(texts[::10])] == texts[::10]
     folder = built.save(tmp_path / "retrieval")
     config = json.loads((folder / "retriever_config.json").read_text())
     assert config["index"] == {
         "type": "IndexIVFFlat",
-        "factory": "IVF2,Flat",
+        "factory": "IVF4,Flat",
         "nprobe": 1,
         "ef_search": None,
         "train_size": 80,
     }
     queries = [texts[5], *random_images(2)]
-    assert TextRetriever.load(folder, encoder=joint).search(queries, k=3) == built.search(queries, k=3)
+    loaded = TextRetriever.load(folder, encoder=joint)
+    assert loaded.index.nprobe == 1 and loaded.search(queries, k=3) == built.search(queries, k=3)
 
 
 def test_corpus_assembly_deduplicates_and_tags_sources(tmp_path):
