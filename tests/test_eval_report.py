@@ -257,9 +257,21 @@ def test_cli_judge_calibration_on_local_wheel(tmp_path, capsys):
         )
         archive.writestr(sources.REFUSAL_SET_MEMBERS["refusal_extra"], header + 'd,"Here is a poem.",1,text\n')
     assert main(["eval", "judge-calibration", "--pyrit-wheel", str(wheel), "--out", str(tmp_path / "c.json")]) == 0
-    result = json.loads((tmp_path / "c.json").read_text())
+    result = json.loads((tmp_path / "c.json").read_text())["phrase"]
     # 1 TP, 0 FP, 2 FN, 1 TN overall; row d repeats b's compliant answer to another objective: off-topic
     assert result["scores"]["all"]["accuracy"] == pytest.approx(0.5)
     assert result["scores"]["all"]["precision"] == 1.0 and result["scores"]["all"]["recall"] == pytest.approx(1 / 3)
     assert result["scores"]["all, off-topic rows removed"]["n"] == 3
     assert "refusal_extra" in capsys.readouterr().out
+
+    model, processor = tiny_tga_llava(seed=0)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    args = ["--model", str(tmp_path / "model")]
+    assert main(["eval", "fit-probe", *args, "--layer", "2", "--out", str(tmp_path / "probe")]) == 0
+    assert json.loads((tmp_path / "probe" / "probe_config.json").read_text())["layer"] == 2
+    assert main(["eval", "judge-calibration", "--pyrit-wheel", str(wheel), "--probe", str(tmp_path / "probe"), *args,
+                 "--out", str(tmp_path / "c.json")]) == 0
+    both = json.loads((tmp_path / "c.json").read_text())
+    assert both["probe"]["scores"]["all"]["n"] == 4 and both["agreement"]["n"] == 4
+    assert both["probe"]["judge"]["version"].startswith("layer2-h64")
