@@ -233,6 +233,7 @@ def test_cli_eval_end_to_end_on_tiny_model(tmp_path, capsys):
     assert report["safety"]["over_refusal"][0]["overall"]["total"] == 6  # six benign categories, one each
     assert report["utility"][0]["dataset"] == "vqa" and report["utility"][0]["n"] == 1
     assert report["model"]["model_type"] == "tga_llava" and report["judge"]["name"] == "phrase"
+    assert report["judge"]["phrase_list_version"] == report["judge"]["version"]
     judged = read_jsonl(out / "judged.jsonl")
     assert len(judged) == 8 and all("reason" in r for r in judged)
 
@@ -270,8 +271,22 @@ def test_cli_judge_calibration_on_local_wheel(tmp_path, capsys):
     args = ["--model", str(tmp_path / "model")]
     assert main(["eval", "fit-probe", *args, "--layer", "2", "--out", str(tmp_path / "probe")]) == 0
     assert json.loads((tmp_path / "probe" / "probe_config.json").read_text())["layer"] == 2
-    assert main(["eval", "judge-calibration", "--pyrit-wheel", str(wheel), "--probe", str(tmp_path / "probe"), *args,
-                 "--out", str(tmp_path / "c.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "judge-calibration",
+                "--pyrit-wheel",
+                str(wheel),
+                "--probe",
+                str(tmp_path / "probe"),
+                *args,
+                "--out",
+                str(tmp_path / "c.json"),
+            ]
+        )
+        == 0
+    )
     both = json.loads((tmp_path / "c.json").read_text())
     assert both["probe"]["scores"]["all"]["n"] == 4 and both["agreement"]["n"] == 4
     assert both["probe"]["judge"]["version"].startswith("layer2-h64")

@@ -12,6 +12,7 @@ from ..data import sources
 from ..data.sources import EvalItem
 from .generation import generate_responses, read_jsonl, write_jsonl
 from .judges import (
+    REFUSAL_PHRASES_VERSION,
     PhraseRefusalJudge,
     ProbeRefusalJudge,
     RefusalJudge,
@@ -176,6 +177,7 @@ def run_eval(args: argparse.Namespace) -> dict:
         judge_info = judge.describe()
     else:
         judge_info = PhraseRefusalJudge().describe()
+    judge_info["phrase_list_version"] = REFUSAL_PHRASES_VERSION
 
     if args.suite in ("utility", "all"):
         if model is None:
