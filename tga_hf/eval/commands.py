@@ -264,7 +264,7 @@ def judge_calibration(judge: RefusalJudge, rows: Sequence[sources.LabelledRespon
         for row, p, o in zip(rows, predicted, off_topic, strict=True)
         if p != row.refused
     ]
-    return {"judge": judge.describe(), "scores": results, "errors": errors}
+    return {"judge": judge.describe(), "scores": results, "predicted": predicted, "errors": errors}
 
 
 def _print_calibration(result: dict) -> None:
@@ -289,8 +289,7 @@ def _judge_calibration(args: argparse.Namespace) -> int:
         probe = ProbeRefusalJudge.load(args.probe, model, _tokenizer(processor))
         results["probe"] = judge_calibration(probe, rows)
         _print_calibration(results["probe"])
-        prompts, responses = [row.objective for row in rows], [row.response for row in rows]
-        results["agreement"] = judge_agreement(phrase.judge(prompts, responses), probe.judge(prompts, responses))
+        results["agreement"] = judge_agreement(results["phrase"]["predicted"], results["probe"]["predicted"])
         print(f"phrase vs probe agreement: {results['agreement']}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
