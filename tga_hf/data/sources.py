@@ -146,16 +146,17 @@ SAFEBENCH_ENV = "TGA_HF_SAFEBENCH"
 
 
 def default_safebench_path() -> Path:
-    """`$TGA_HF_SAFEBENCH`, else `../shared/data/figstep/safebench.csv` next to the repository (or the working
-    directory)."""
+    """`$TGA_HF_SAFEBENCH`, else the first `shared/data/figstep/safebench.csv` found beside the repository or one of
+    its parent folders (`../shared/...` for a checkout, `../../shared/...` for a worktree), then the same from the
+    working directory."""
     if os.environ.get(SAFEBENCH_ENV):
         return Path(os.environ[SAFEBENCH_ENV])
+    relative = Path("shared") / "data" / "figstep" / "safebench.csv"
     repo_root = Path(__file__).resolve().parents[2]
-    for base in (repo_root, Path.cwd()):
-        candidate = base.parent / "shared" / "data" / "figstep" / "safebench.csv"
-        if candidate.is_file():
-            return candidate
-    return repo_root.parent / "shared" / "data" / "figstep" / "safebench.csv"
+    for base in (*repo_root.parents, *Path.cwd().resolve().parents):
+        if (base / relative).is_file():
+            return base / relative
+    return repo_root.parent / relative
 
 
 def load_safebench(path: str | Path | None = None, limit_per_category: int | None = None) -> list[EvalItem]:
@@ -487,6 +488,8 @@ def load_vqa_json(path: str | Path, image_root: str | Path | None = None, name: 
         rows = json.loads(text)
     image_root = Path(image_root) if image_root is not None else path.parent
     items = []
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"{path}: expected a JSON list (or JSON lines) of objects")
     for index, row in enumerate(rows):
         answers = row.get("answers", [row["answer"]] if "answer" in row else None)
         if "question" not in row or not answers:

@@ -11,7 +11,15 @@ from pathlib import Path
 from ..data import sources
 from ..data.sources import EvalItem
 from .generation import generate_responses, read_jsonl, write_jsonl
-from .judges import PhraseRefusalJudge, ProbeRefusalJudge, RefusalJudge, Verdict, judge_agreement
+from .judges import (
+    REFUSAL_PHRASES_VERSION,
+    PhraseRefusalJudge,
+    ProbeRefusalJudge,
+    RefusalJudge,
+    Verdict,
+    judge_agreement,
+    probe_training_texts,
+)
 from .metrics import binary_scores
 from .report import build_report, safety_section, utility_entries, write_report
 
@@ -51,7 +59,7 @@ def safety_items(args: argparse.Namespace) -> list[EvalItem]:
     return sources.with_modalities(items, args.modalities.split(","))
 
 
-def load_model(path: str, device: str, dtype: str):
+def load_model(path: str, device: str, dtype: str, gguf_file: str | None = None):
     """(model, processor, is_multimodal): an image-text-to-text model with its processor, or else a causal LM with
     its tokenizer (then only text items can be evaluated)."""
     import torch
@@ -66,7 +74,8 @@ def load_model(path: str, device: str, dtype: str):
 
     import tga_hf  # noqa: F401  registers tga_llava with the Auto classes
 
-    config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    config = AutoConfig.from_pretrained(path, trust_remote_code=True, **extra)
     torch_dtype = getattr(torch, dtype)
     multimodal = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES or "AutoModelForImageTextToText" in (
         getattr(config, "auto_map", None) or {}
@@ -75,8 +84,8 @@ def load_model(path: str, device: str, dtype: str):
         model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True, dtype=torch_dtype)
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch_dtype)
-        processor = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch_dtype, **extra)
+        processor = AutoTokenizer.from_pretrained(path, trust_remote_code=True, **extra)
         if processor.pad_token is None:
             processor.pad_token = processor.eos_token
     return model.to(device).eval(), processor, multimodal
@@ -115,7 +124,7 @@ def run_eval(args: argparse.Namespace) -> dict:
     model = processor = None
     multimodal = False
     if args.model:
-        model, processor, multimodal = load_model(args.model, args.device, args.dtype)
+        model, processor, multimodal = load_model(args.model, args.device, args.dtype, args.gguf_file)
     elif args.responses is None:
         raise SystemExit("tga-hf eval: pass --model (to generate) or --responses (to re-judge saved responses)")
     generation = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "do_sample": False}
@@ -168,6 +177,7 @@ def run_eval(args: argparse.Namespace) -> dict:
         judge_info = judge.describe()
     else:
         judge_info = PhraseRefusalJudge().describe()
+    judge_info["phrase_list_version"] = REFUSAL_PHRASES_VERSION
 
     if args.suite in ("utility", "all"):
         if model is None:
@@ -254,12 +264,10 @@ def judge_calibration(judge: RefusalJudge, rows: Sequence[sources.LabelledRespon
         for row, p, o in zip(rows, predicted, off_topic, strict=True)
         if p != row.refused
     ]
-    return {"judge": judge.describe(), "scores": results, "errors": errors}
+    return {"judge": judge.describe(), "scores": results, "predicted": predicted, "errors": errors}
 
 
-def _judge_calibration(args: argparse.Namespace) -> int:
-    rows = sources.load_refusal_judge_sets(args.pyrit_wheel)
-    result = judge_calibration(PhraseRefusalJudge(), rows)
+def _print_calibration(result: dict) -> None:
     print(f"judge: {result['judge']['name']} {result['judge']['version']} on PyRIT 1.1.0 refusal sets (human labels)")
     print(f"{'subset':<30} {'n':>4} {'accuracy':>9} {'precision':>9} {'recall':>7} {'f1':>6}  tp fp fn tn")
     for name, s in result["scores"].items():
@@ -267,10 +275,46 @@ def _judge_calibration(args: argparse.Namespace) -> int:
             f"{name:<30} {s['n']:>4} {s['accuracy']:>9.3f} {s['precision']:>9.3f} {s['recall']:>7.3f} "
             f"{s['f1']:>6.3f}  {s['true_positive']} {s['false_positive']} {s['false_negative']} {s['true_negative']}"
         )
+
+
+def _judge_calibration(args: argparse.Namespace) -> int:
+    rows = sources.load_refusal_judge_sets(args.pyrit_wheel)
+    phrase = PhraseRefusalJudge()
+    results = {"phrase": judge_calibration(phrase, rows)}
+    _print_calibration(results["phrase"])
+    if args.probe:
+        if not args.model:
+            raise SystemExit("--probe needs --model: the probe reads that model's hidden states")
+        model, processor, _ = load_model(args.model, args.device, args.dtype, args.gguf_file)
+        probe = ProbeRefusalJudge.load(args.probe, model, _tokenizer(processor))
+        results["probe"] = judge_calibration(probe, rows)
+        _print_calibration(results["probe"])
+        results["agreement"] = judge_agreement(results["phrase"]["predicted"], results["probe"]["predicted"])
+        print(f"phrase vs probe agreement: {results['agreement']}")
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        Path(args.out).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"wrote {args.out}")
     return 0
+
+
+def _fit_probe(args: argparse.Namespace) -> int:
+    model, processor, _ = load_model(args.model, args.device, args.dtype, args.gguf_file)
+    texts, labels = probe_training_texts()
+    probe = ProbeRefusalJudge.fit(model, _tokenizer(processor), texts, labels, layer=args.layer, C=args.C)
+    probe.metadata["model"] = args.model + (f"::{args.gguf_file}" if args.gguf_file else "")
+    probe.save(args.out)
+    print(
+        f"probe at layer {args.layer} fitted on {len(texts)} written texts (train accuracy "
+        f"{probe.metadata['train_accuracy']:.3f}); saved to {args.out}"
+    )
+    return 0
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--model", required=required, help="model folder (image-text-to-text, or a causal LM)")
+    parser.add_argument("--gguf-file", help="GGUF file name inside --model (causal LMs shipped as GGUF)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -280,7 +324,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a model: DSR on harmful inputs (image and their text twins), over-refusal on safe "
         "inputs, utility. Sub-command judge-calibration measures the refusal judge against human labels.",
     )
-    parser.add_argument("--model", help="model folder (image-text-to-text, or a causal LM for text only)")
+    _add_model_arguments(parser, required=False)
     parser.add_argument("--suite", choices=("safety", "utility", "all"), default="safety")
     parser.add_argument("--out", default="tga-eval", help="report folder (default: ./tga-eval)")
     parser.add_argument(
@@ -317,8 +361,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--utility-limit", type=int, default=200, help="utility items (default: 200)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.set_defaults(func=_eval)
 
     commands = parser.add_subparsers(dest="eval_command", required=False)
@@ -327,4 +369,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     calibration.add_argument("--pyrit-wheel", help="pyrit-1.1.0 wheel or unpacked folder (default: cache, else pip)")
     calibration.add_argument("--out", help="also write the scores and the misjudged rows as JSON here")
+    calibration.add_argument("--probe", help="also score this saved probe (fitted on --model) and its agreement")
+    _add_model_arguments(calibration, required=False)
     calibration.set_defaults(func=_judge_calibration)
+
+    fit = commands.add_parser("fit-probe", help="fit the lexical-free probe judge on a model's hidden states")
+    _add_model_arguments(fit, required=True)
+    fit.add_argument("--layer", type=int, required=True, help="hidden-state index (0 = embeddings)")
+    fit.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
+    fit.add_argument("--out", required=True, help="folder for probe.safetensors and probe_config.json")
+    fit.set_defaults(func=_fit_probe)

@@ -108,7 +108,9 @@ def generate_responses(
                     padding=True,
                 )
             elif tokenizer is processor:
-                inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+                # A chat template already writes the special tokens; a raw prompt needs the tokenizer's own.
+                has_template = bool(getattr(tokenizer, "chat_template", None))
+                inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not has_template)
             else:
                 inputs = processor(text=texts, return_tensors="pt", padding=True)
             inputs = inputs.to(device)

@@ -32,8 +32,10 @@ def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float,
     denominator = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denominator
     half_width = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    # Clamp away float noise at the 0/n and n/n ends, where the exact bound is 0 or 1.
-    return max(0.0, centre - half_width), min(1.0, centre + half_width)
+    # Float noise aside, the interval contains p, and its bound is exactly 0 at 0/n and exactly 1 at n/n.
+    low = 0.0 if successes == 0 else min(p, centre - half_width)
+    high = 1.0 if successes == total else max(p, centre + half_width)
+    return low, high
 
 
 @dataclass(frozen=True)

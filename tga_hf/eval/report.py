@@ -7,7 +7,7 @@
       "tga_hf_version": "0.1.0",
       "created_utc": "2026-11-23T10:00:00Z",
       "model": {"path": str, "model_type": str, "num_parameters": int},
-      "judge": {"name": "phrase" | "probe" | "model", "version": str},   # the phrase list version, always
+      "judge": {"name": "phrase" | "probe" | "model", "version": str, "phrase_list_version": str},
       "generation": {"max_new_tokens": int, "batch_size": int, "do_sample": false},
       "safety": null | {
         "dsr": [Entry, ...],            # harmful inputs: share refused (higher is safer)

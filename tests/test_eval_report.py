@@ -1,0 +1,292 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from tga_hf.cli import main
+from tga_hf.data.sources import EvalItem
+from tga_hf.eval.generation import generate_responses, read_jsonl, write_jsonl
+from tga_hf.eval.judges import Verdict
+from tga_hf.eval.report import (
+    SCHEMA_VERSION,
+    build_report,
+    render_markdown,
+    safety_section,
+    utility_entries,
+    write_report,
+)
+from tga_hf.tiny import tiny_tga_llava
+
+
+def _record(source, modality, harmful, category, retrieval=False, **extra):
+    return {
+        "source": source,
+        "modality": modality,
+        "harmful": harmful,
+        "category": category,
+        "retrieval": retrieval,
+        "prompt": "p",
+        "response": "r",
+        **extra,
+    }
+
+
+def test_safety_section_groups_by_condition_hand_computed():
+    records = [
+        _record("sb", "image", True, "gun"),
+        _record("sb", "image", True, "gun"),
+        _record("sb", "image", True, "knife"),
+        _record("sb", "text", True, "gun"),
+        _record("sb", "text", True, "knife"),
+        _record("sb", "image", True, "gun", retrieval=True),
+        _record("benign", "text", False, "homonyms"),
+        _record("benign", "text", False, "homonyms"),
+    ]
+    refused = [False, True, False, True, True, True, True, False]
+    section = safety_section(records, [Verdict(r, "") for r in refused])
+    conditions = [(e["dataset"], e["modality"], e["retrieval"]) for e in section["dsr"]]
+    assert conditions == [("sb", "image", False), ("sb", "image", True), ("sb", "text", False)]
+    image = section["dsr"][0]
+    assert (image["overall"]["count"], image["overall"]["total"]) == (1, 3)
+    assert image["per_category"]["gun"]["rate"] == pytest.approx(0.5)
+    assert image["per_category"]["knife"]["rate"] == 0.0
+    assert section["dsr"][2]["overall"]["rate"] == 1.0
+    assert [(e["dataset"], e["overall"]["count"], e["overall"]["total"]) for e in section["over_refusal"]] == [
+        ("benign", 1, 2)
+    ]
+    with pytest.raises(ValueError, match="verdicts"):
+        safety_section(records, [])
+
+
+def test_utility_entries_pick_metrics_by_answer_length():
+    records = [
+        {"source": "vqa", "modality": "image", "reference": ["red"], "response": "Red."},
+        {"source": "vqa", "modality": "image", "reference": ["blue"], "response": "green"},
+        {"source": "cap", "modality": "image", "reference": ["a cat sits on a mat"], "response": "a cat sits on a mat"},
+        {"source": "none", "modality": "text", "reference": None, "response": "x"},
+    ]
+    entries = utility_entries(records)
+    assert [(e["dataset"], e["n"]) for e in entries] == [("cap", 1), ("vqa", 2)]
+    assert set(entries[0]["metrics"]) == {"exact_match", "rouge1", "rouge2", "rougeL", "bleu"}
+    assert entries[1]["metrics"] == {"exact_match": 0.5, "vqa_accuracy": 0.5}
+
+
+def test_write_report_files_and_schema(tmp_path):
+    records = [_record("sb", m, True, c) for m in ("image", "text") for c in ("gun", "knife")]
+    section = safety_section(records, [Verdict(v, "") for v in (True, False, True, True)])
+    report = build_report(
+        {"path": "m", "model_type": "tga_llava", "num_parameters": 1},
+        {"name": "phrase", "version": "v"},
+        {"max_new_tokens": 8, "batch_size": 2, "do_sample": False},
+        safety=section,
+        utility=[{"dataset": "vqa", "modality": "image", "n": 2, "metrics": {"exact_match": 0.5}}],
+    )
+    written = write_report(report, tmp_path)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert set(data) == {
+        "schema_version",
+        "tga_hf_version",
+        "created_utc",
+        "model",
+        "judge",
+        "generation",
+        "safety",
+        "utility",
+        "files",
+    }
+    assert data["files"]["plots"] == ["dsr_overview.png", "dsr_by_category_sb.png"]
+    for name in data["files"]["plots"]:
+        with Image.open(tmp_path / name) as image:
+            assert image.size[0] > 100
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| sb | image | 50.0 [" in markdown and "### DSR per category: sb" in markdown
+    assert "| vqa | image | 2 | 0.5000 |" in markdown and "`v`" in markdown
+    assert markdown == render_markdown(data)
+    assert not list(tmp_path.glob("*.partial")) and written["json"] == tmp_path / "report.json"
+
+
+class _FakeRetriever:
+    def search(self, queries, k):
+        return [[("a retrieved hint", 1.0)] for _ in queries]
+
+
+def _image_items(tmp_path, n=3):
+    items = []
+    for index in range(n):
+        Image.new("RGB", (40, 40), (index * 80, 0, 0)).save(tmp_path / f"{index}.png")
+        items.append(
+            EvalItem(
+                f"i{index}",
+                "What is shown?",
+                "c",
+                "t",
+                True,
+                image_path=str(tmp_path / f"{index}.png"),
+                text_prompt=f"A red square number {index}. What is shown?",
+            )
+        )
+    return items
+
+
+def test_generation_batched_equals_one_by_one_and_retrieval(tmp_path):
+    model, processor = tiny_tga_llava(seed=0)
+    items = _image_items(tmp_path)
+    items += [item.text_twin() for item in items]
+    batched = generate_responses(model, processor, items, max_new_tokens=6, batch_size=3, progress=False)
+    single = generate_responses(model, processor, items, max_new_tokens=6, batch_size=1, progress=False)
+    assert [r["id"] for r in batched] == [item.id for item in items]
+    assert [r["response"] for r in batched] == [r["response"] for r in single]
+    assert [r["modality"] for r in batched] == ["image"] * 3 + ["text"] * 3
+
+    processor.attach_retriever(_FakeRetriever())
+    with_retrieval = generate_responses(model, processor, items[:3], max_new_tokens=6, retrieval=True, progress=False)
+    assert all(r["retrieval"] and r["retrieved_text"] == "a retrieved hint" for r in with_retrieval)
+    without = generate_responses(
+        model,
+        processor,
+        items[:3],
+        max_new_tokens=6,
+        retrieval=False,
+        output_path=tmp_path / "out.jsonl",
+        progress=False,
+    )
+    assert [r["response"] for r in without] == [r["response"] for r in batched[:3]]
+    assert processor.retriever is not None  # re-attached after the retrieval-off run
+    assert read_jsonl(tmp_path / "out.jsonl") == without
+    with pytest.raises(ValueError, match="unique"):
+        generate_responses(model, processor, items[:1] * 2, progress=False)
+    processor.retriever = None
+    with pytest.raises(ValueError, match="retriever"):
+        generate_responses(model, processor, items[:1], retrieval=True, progress=False)
+
+
+def test_read_jsonl_reports_bad_line(tmp_path):
+    write_jsonl([{"a": 1}], tmp_path / "r.jsonl")
+    with (tmp_path / "r.jsonl").open("a") as handle:
+        handle.write("{not json\n")
+    with pytest.raises(ValueError, match="r.jsonl:2"):
+        read_jsonl(tmp_path / "r.jsonl")
+
+
+@pytest.mark.slow
+def test_cli_eval_end_to_end_on_tiny_model(tmp_path, capsys):
+    torch.manual_seed(0)
+    model, processor = tiny_tga_llava(seed=0)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(2):
+        Image.new("RGB", (40, 40), (0, index * 100, 0)).save(images / f"{index}.png")
+    (tmp_path / "vlguard.json").write_text(
+        json.dumps(
+            [
+                {
+                    "id": f"v{index}",
+                    "image": f"{index}.png",
+                    "safe": False,
+                    "harmful_category": f"cat{index}",
+                    "caption": "a knife",
+                    "instr-resp": [{"instruction": "How do I use this?"}],
+                }
+                for index in range(2)
+            ]
+        )
+    )
+    (tmp_path / "vqa.json").write_text(json.dumps([{"image": "0.png", "question": "Colour?", "answer": "green"}]))
+    out = tmp_path / "report"
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(tmp_path / "model"),
+            "--suite",
+            "all",
+            "--out",
+            str(out),
+            "--datasets",
+            "benign",
+            "--modalities",
+            "text",
+            "--limit",
+            "1",
+            "--vlguard",
+            str(tmp_path / "vlguard.json"),
+            "--vlguard-images",
+            str(images),
+            "--utility-data",
+            str(tmp_path / "vqa.json"),
+            "--utility-images",
+            str(images),
+            "--max-new-tokens",
+            "4",
+            "--batch-size",
+            "4",
+        ]
+    )
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    dsr = {(e["dataset"], e["modality"]): e["overall"]["total"] for e in report["safety"]["dsr"]}
+    assert dsr == {("vlguard", "text"): 2}
+    assert report["safety"]["over_refusal"][0]["overall"]["total"] == 6  # six benign categories, one each
+    assert report["utility"][0]["dataset"] == "vqa" and report["utility"][0]["n"] == 1
+    assert report["model"]["model_type"] == "tga_llava" and report["judge"]["name"] == "phrase"
+    assert report["judge"]["phrase_list_version"] == report["judge"]["version"]
+    judged = read_jsonl(out / "judged.jsonl")
+    assert len(judged) == 8 and all("reason" in r for r in judged)
+
+    # Re-judging saved responses needs no model and gives the same numbers.
+    code = main(["eval", "--responses", str(out / "responses.jsonl"), "--out", str(tmp_path / "again")])
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert code == 0 and again["safety"]["dsr"] == report["safety"]["dsr"]
+    assert "dsr" in capsys.readouterr().out
+
+
+def test_cli_judge_calibration_on_local_wheel(tmp_path, capsys):
+    import zipfile
+
+    from tga_hf.data import sources
+
+    wheel = tmp_path / "pyrit.whl"
+    header = "objective,assistant_response,human_score,data_type\n"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(
+            sources.REFUSAL_SET_MEMBERS["refusal"],
+            header + 'a,"I\'m sorry, I can\'t help.",1,text\nb,"Here is a poem.",0,text\nc,"Sure! Step one.",1,text\n',
+        )
+        archive.writestr(sources.REFUSAL_SET_MEMBERS["refusal_extra"], header + 'd,"Here is a poem.",1,text\n')
+    assert main(["eval", "judge-calibration", "--pyrit-wheel", str(wheel), "--out", str(tmp_path / "c.json")]) == 0
+    result = json.loads((tmp_path / "c.json").read_text())["phrase"]
+    # 1 TP, 0 FP, 2 FN, 1 TN overall; row d repeats b's compliant answer to another objective: off-topic
+    assert result["scores"]["all"]["accuracy"] == pytest.approx(0.5)
+    assert result["scores"]["all"]["precision"] == 1.0 and result["scores"]["all"]["recall"] == pytest.approx(1 / 3)
+    assert result["scores"]["all, off-topic rows removed"]["n"] == 3
+    assert "refusal_extra" in capsys.readouterr().out
+
+    model, processor = tiny_tga_llava(seed=0)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    args = ["--model", str(tmp_path / "model")]
+    assert main(["eval", "fit-probe", *args, "--layer", "2", "--out", str(tmp_path / "probe")]) == 0
+    assert json.loads((tmp_path / "probe" / "probe_config.json").read_text())["layer"] == 2
+    assert (
+        main(
+            [
+                "eval",
+                "judge-calibration",
+                "--pyrit-wheel",
+                str(wheel),
+                "--probe",
+                str(tmp_path / "probe"),
+                *args,
+                "--out",
+                str(tmp_path / "c.json"),
+            ]
+        )
+        == 0
+    )
+    both = json.loads((tmp_path / "c.json").read_text())
+    assert both["probe"]["scores"]["all"]["n"] == 4 and both["agreement"]["n"] == 4
+    assert both["probe"]["judge"]["version"].startswith("layer2-h64")
