@@ -260,3 +260,44 @@ def test_remote_code_imports_only_torch_transformers_stdlib_and_siblings(saved):
             else:
                 continue
             assert roots <= allowed, (name, roots)
+
+
+def test_compose_takes_the_encoder_of_a_tower_with_projection():
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    from tga_hf import compose
+    from tga_hf.tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tower = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=8,
+            projection_dim=8,
+        )
+    )
+    language_model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
+    model, _ = compose(tower, language_model, tokenizer, CLIPImageProcessorPil())
+    for key, value in model.model.vision_tower.state_dict().items():
+        assert torch.equal(value, tower.vision_model.state_dict()[key]), key
+    with pytest.raises(TypeError, match="vision_model must be a transformers PreTrainedModel"):
+        compose(torch.nn.Linear(2, 2), language_model, tokenizer, CLIPImageProcessorPil())

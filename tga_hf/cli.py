@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 # Each module registers its own sub-commands; the list is the only place that knows them all.
 COMMAND_MODULES = (
-    "tga_hf.demo",
+    "tga_hf.experiment.commands",
     "tga_hf.training.commands",
     "tga_hf.eval.commands",
     "tga_hf.eval.analyses.commands",

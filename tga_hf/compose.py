@@ -15,6 +15,18 @@ def _has_class_token(vision_model: PreTrainedModel) -> bool:
     return any(name.endswith("class_embedding") for name, _ in vision_model.named_parameters())
 
 
+def _load_vision_tower(tower: torch.nn.Module, vision_model: PreTrainedModel) -> None:
+    """Copy the vision weights into LLaVA's tower. A `...WithProjection` model keeps its encoder under `vision_model`
+    (and a projection LLaVA does not use), so its encoder is the source then."""
+    wanted = set(tower.state_dict())
+    for source in (vision_model, getattr(vision_model, "vision_model", None)):
+        if isinstance(source, torch.nn.Module) and wanted <= set(source.state_dict()):
+            tower.load_state_dict({key: value for key, value in source.state_dict().items() if key in wanted})
+            return
+    missing = sorted(wanted - set(vision_model.state_dict()))
+    raise ValueError(f"{type(vision_model).__name__} does not provide these vision-tower weights: {missing[:5]}")
+
+
 def compose(
     vision_model: PreTrainedModel,
     language_model: PreTrainedModel,
@@ -38,6 +50,9 @@ def compose(
     >>> model, processor = compose(clip_vision, qwen, qwen_tokenizer, clip_image_processor, guide_layers=[8, 12])
     ```
     """
+    for name, part in (("vision_model", vision_model), ("language_model", language_model)):
+        if not isinstance(part, PreTrainedModel):
+            raise TypeError(f"{name} must be a transformers PreTrainedModel, got {type(part).__name__}")
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     if tokenizer.pad_token is None:
@@ -67,9 +82,7 @@ def compose(
     dtype = next(language_model.parameters()).dtype
     model = TGALlavaForConditionalGeneration(config).to(dtype)
 
-    missing, _ = model.model.vision_tower.load_state_dict(vision_model.state_dict(), strict=False)
-    if missing:
-        raise ValueError(f"the vision model does not provide these tower weights: {missing[:5]}")
+    _load_vision_tower(model.model.vision_tower, vision_model)
     decoder = language_model.get_decoder()
     model.model.language_model.load_state_dict(decoder.state_dict())
     model.lm_head.load_state_dict(language_model.get_output_embeddings().state_dict())

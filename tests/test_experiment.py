@@ -1,0 +1,44 @@
+"""The demo's code path end to end at smoke size, on the real SmolLM2 weights, our LiT tower and MiniLM."""
+
+import json
+
+import pytest
+
+from tga_hf.experiment.config import SMOKE, ExperimentConfig
+
+
+def test_config_rejects_unknown_settings_and_arms(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nstepz: 3\n")
+    with pytest.raises(ValueError, match="unknown settings"):
+        ExperimentConfig.from_yaml(path)
+    with pytest.raises(ValueError, match="unknown arms"):
+        ExperimentConfig(arms=["baseline", "magic"])
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        ExperimentConfig(steps=0)
+
+
+@pytest.mark.slow
+def test_smoke_experiment_writes_report_export_and_reloads(tmp_path):
+    from tga_hf.experiment.pipeline import run_experiment
+
+    report = run_experiment(SMOKE, tmp_path, command="pytest smoke", progress=False)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["dsr"] == report["dsr"]
+    expected = {"text", "baseline_image", "retrieval_only_image", "retrieval_only_image_no_retrieval", "tga_image",
+                "tga_image_no_retrieval"}
+    assert set(report["dsr"]) == expected
+    for key, rate in report["dsr"].items():
+        low, high = report["dsr_ci"][key]
+        assert 0 <= low <= rate <= high <= 1
+    assert report["n_test"] == 10  # one SafeBench request per category
+    assert set(report["cosine"]) == {"baseline", "tga"}
+    assert len(report["cosine"]["tga"]["layer"]) == 31  # SmolLM2: 30 layers + embeddings
+    assert all(len(history) == SMOKE.steps for history in report["training"].values())
+    assert any("guide_loss" in entry for entry in report["training"]["tga"])
+    assert not any("guide_loss" in entry for entry in report["training"]["baseline"])
+    for name in ("report.md", "dsr.png", "cosine.png", "hub-export/config.json", "hub-export/README.md"):
+        assert (tmp_path / name).is_file(), name
+    assert report["export"]["loaded_class"] == "TGALlavaForConditionalGeneration"
+    assert set(report["export"]["answers"]) == {"benign", "toxic"}
+    assert "DSR" in (tmp_path / "report.md").read_text()

@@ -1,0 +1,249 @@
+"""The experiment end to end: real LLM + our LiT tower -> three alignments of the same LVLM (baseline, retrieval prefix
+only, full TGA) -> safety / over-refusal / utility / layer analyses -> report, plots and a Hub-ready export."""
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
+
+from ..compose import compose
+from ..eval.analyses.cosine import encoder_similarity, image_text_cosine
+from ..eval.analyses.safety_layers import locate_safety_layers
+from ..eval.generation import RENDER_SIZE, build_prompt, generate_responses, write_jsonl
+from ..eval.judges import PhraseRefusalJudge
+from ..eval.metrics import defense_success_rate, over_refusal_rate, utility_scores
+from ..hub import export
+from ..retrieval import TextRetriever, joint_encoder
+from ..training import TGAConfig, TGATrainer, tga_lora_config
+from ..vision_tower.model import load_lit_tower, packaged_tower_path
+from ..weights import load_llm, load_text_encoder
+from .config import ExperimentConfig
+from .data import ExperimentData, load_experiment_data
+from .plots import plot_cosine, plot_dsr
+from .report import write_report
+
+logger = logging.getLogger(__name__)
+
+
+def _rates(records: list[dict], judge: PhraseRefusalJudge, harmful: bool) -> dict:
+    refused = judge.judge([r["prompt"] for r in records], [r["response"] for r in records])
+    aggregate = defense_success_rate if harmful else over_refusal_rate
+    return aggregate(refused, [r["category"] for r in records]).to_dict()
+
+
+def _train_arm(
+    arm: str, config: ExperimentConfig, base, data: ExperimentData, retriever: TextRetriever, out_dir: Path
+) -> tuple[torch.nn.Module, object, list[dict]]:
+    """Compose the LVLM from the same seed (identical projector init for every arm) and align it."""
+    llm, tokenizer, tower, image_processor, band = base
+    set_seed(config.seed)
+    guide_layers = config.guide_layers if config.guide_layers != "auto" else "auto"
+    model, processor = compose(
+        tower,
+        llm,
+        tokenizer,
+        image_processor,
+        guide_layers=guide_layers,
+        safety_layer_band=band,
+        guide_loss_weight=config.guide_loss_weight,
+    )
+    rows = [dict(row) for row in data.alignment_rows]
+    if arm != "baseline":
+        retrieved = retriever.search([row["image"] for row in rows], k=1)
+        for row, hits in zip(rows, retrieved, strict=True):
+            row["retrieved_text"] = hits[0][0]
+    args = TGAConfig(
+        output_dir=str(out_dir / "checkpoints"),
+        max_steps=config.steps,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="constant",
+        guide_loss_weight=config.guide_loss_weight if arm == "tga" else 0.0,
+        guide_layers=guide_layers,
+        train_projector_only=config.stage == "pretrain",
+        max_length=config.max_length,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=config.seed,
+        disable_tqdm=False,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available(),
+    )
+    peft_config = tga_lora_config(r=8) if config.stage == "finetune_lora" else None
+    trainer = TGATrainer(
+        model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor, peft_config=peft_config
+    )
+    trainer.train()
+    model = trainer.model
+    if peft_config is not None:
+        model = model.merge_and_unload()
+    return model.eval(), processor, trainer.state.log_history
+
+
+def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, progress: bool = True) -> dict:
+    """Run every stage and write `report.json`, `report.md`, plots and responses under `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    set_seed(config.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    llm, tokenizer = load_llm(config.llm)
+    llm = llm.to(device).eval()
+    tower_path = Path(config.tower) if config.tower else packaged_tower_path()
+    tower, image_processor = load_lit_tower(tower_path)
+    judge = PhraseRefusalJudge()
+
+    data = load_experiment_data(
+        config.n_align,
+        config.n_test_per_category,
+        config.n_benign_test,
+        config.n_toxic_snippets,
+        config.band_prompts,
+        config.seed,
+        llm,
+        tokenizer,
+        config.max_new_tokens,
+        progress,
+    )
+    safety = locate_safety_layers(llm, tokenizer, data.band_prompts)
+    band = safety.band
+    text_records = generate_responses(
+        llm,
+        tokenizer,
+        [item.text_twin() for item in data.toxic_test],
+        config.max_new_tokens,
+        progress=progress,
+        output_path=out_dir / "responses" / "text.jsonl",
+    )
+    text_benign = generate_responses(
+        llm,
+        tokenizer,
+        [item.text_twin() for item in data.benign_test],
+        config.max_new_tokens,
+        progress=progress,
+    )
+
+    encoder = joint_encoder(load_text_encoder(), tower_path)
+    retriever = TextRetriever.build(data.retrieval_corpus, encoder, show_progress=progress)
+
+    dsr = {"text": _rates(text_records, judge, harmful=True)}
+    over_refusal = {"text": _rates(text_benign, judge, harmful=False)}
+    utility, cosine, training = {}, {}, {}
+    base = (llm, tokenizer, tower, image_processor, list(band) if band else None)
+    for arm in config.arms:
+        model, processor, history = _train_arm(arm, config, base, data, retriever, out_dir / arm)
+        model.to(device)
+        training[arm] = [entry for entry in history if "loss" in entry]
+        retrieval_modes = (True, False) if arm != "baseline" else (False,)
+        if arm != "baseline":
+            processor.attach_retriever(retriever)
+        for retrieval in retrieval_modes:
+            key = f"{arm}_image" if retrieval or arm == "baseline" else f"{arm}_image_no_retrieval"
+            records = generate_responses(
+                model,
+                processor,
+                data.toxic_test,
+                config.max_new_tokens,
+                retrieval=retrieval,
+                progress=progress,
+                output_path=out_dir / "responses" / f"{key}.jsonl",
+            )
+            dsr[key] = _rates(records, judge, harmful=True)
+            benign = generate_responses(
+                model,
+                processor,
+                data.benign_test,
+                config.max_new_tokens,
+                retrieval=retrieval,
+                progress=progress,
+            )
+            over_refusal[key] = _rates(benign, judge, harmful=False)
+            reads = generate_responses(
+                model,
+                processor,
+                data.utility_test,
+                config.max_new_tokens,
+                retrieval=retrieval,
+                progress=progress,
+            )
+            utility[key] = utility_scores([r["response"] for r in reads], [r["reference"] for r in reads])
+            write_jsonl(benign + reads, out_dir / "responses" / f"{key}_benign.jsonl")
+        if arm in ("baseline", "tga"):
+            images = [item.load_image(RENDER_SIZE) for item in data.toxic_test]
+            captions = [item.image_text + "\n1.\n2.\n3." for item in data.toxic_test]
+            prompts = [build_prompt(processor, item) for item in data.toxic_test]
+            result = image_text_cosine(model, processor, images, captions, prompts, encoder_similarity(encoder))
+            cosine[arm] = result.per_layer().to_dict(orient="list")
+        if arm == "tga":
+            exported = (model, processor)
+        del model
+
+    report = {
+        "name": config.name,
+        "command": command,
+        "config": config.to_dict(),
+        "models": {"llm": config.llm, "tower": str(tower_path)},
+        "judge": judge.describe(),
+        "n_test": len(data.toxic_test),
+        "n_benign_test": len(data.benign_test),
+        "n_align": len(data.alignment_rows),
+        "distillation_refusals_dropped": data.distillation_refusals_dropped,
+        "safety_band": {
+            "band": list(safety.band) if safety.band else None,
+            "robust": list(band) if band else None,
+            "activated": int(safety.activated.size),
+            "prompts": len(data.band_prompts),
+        },
+        "dsr": {key: value["overall"]["rate"] for key, value in dsr.items()},
+        "dsr_ci": {key: value["overall"]["ci95"] for key, value in dsr.items()},
+        "dsr_detail": dsr,
+        "over_refusal": {key: value["overall"]["rate"] for key, value in over_refusal.items()},
+        "over_refusal_detail": over_refusal,
+        "utility": utility,
+        "cosine": cosine,
+        "training": training,
+        "seconds": round(time.time() - started, 1),
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    plot_dsr(report, out_dir / "dsr.png")
+    if cosine:
+        plot_cosine(report, out_dir / "cosine.png")
+    if config.export and "tga" in config.arms:
+        report["export"] = export_and_reload(*exported, retriever, report, data, out_dir / "hub-export", config)
+        (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    write_report(report, out_dir / "report.md")
+    return report
+
+
+def export_and_reload(
+    model,
+    processor,
+    retriever: TextRetriever,
+    report: dict,
+    data: ExperimentData,
+    folder: Path,
+    config: ExperimentConfig,
+) -> dict:
+    """Export the TGA model as a Hub-ready folder, reload it through `AutoModelForImageTextToText` +
+    `trust_remote_code` (the way users will), and answer one benign and one toxic image with retrieval on."""
+    export(model, processor, folder, retriever=retriever, report=report, overwrite=True)
+    reloaded = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
+    reloaded_processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    if getattr(reloaded_processor, "retriever", None) is None:
+        reloaded_processor.attach_retriever(TextRetriever.load(folder / "retrieval"))
+    answers = {}
+    for name, item in (("benign", data.benign_test[0]), ("toxic", data.toxic_test[0])):
+        record = generate_responses(
+            reloaded, reloaded_processor, [item], config.max_new_tokens, retrieval=True, progress=False
+        )[0]
+        answers[name] = {
+            "request": item.image_text,
+            "retrieved_text": record["retrieved_text"],
+            "response": record["response"],
+        }
+    return {"folder": str(folder), "loaded_class": type(reloaded).__name__, "answers": answers}
