@@ -346,7 +346,7 @@ def test_exported_index_works_by_repo_id_in_a_fresh_process(tmp_path):
     a fresh process, retrieves what the in-memory retriever retrieves and generates what the in-memory model does; the
     remote-code processor re-attaches the index too. The encoder is bundled: its source folder is gone by then."""
     retrieval = pytest.importorskip("tga_hf.retrieval", reason="needs tga_hf.retrieval (retrieval branch)")
-    parts = pytest.importorskip("retrieval_parts", reason="needs the retrieval tests' encoder parts")
+    parts = pytest.importorskip("tests.retrieval_parts", reason="needs the retrieval tests' encoder parts")
     encoder = retrieval.joint_encoder(parts.minilm(), parts.save_tiny_tower(tmp_path / "tower"), device="cpu")
     retriever = retrieval.TextRetriever.build(parts.CAPTIONS, encoder, show_progress=False)
     model, processor = tiny_model()
