@@ -130,3 +130,15 @@ def test_cli_builds_and_searches_an_index(tmp_path, capsys):
     assert [line["query"] for line in lines] == [str(tmp_path / "image.png"), "hot soup"]
     assert [len(line["hits"]) for line in lines] == [2, 2]
     assert lines[1]["hits"][0]["text"] == CAPTIONS[1]
+
+
+def test_save_pretrained_push_to_hub_uploads_the_retriever(processor, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi, RepoUrl
+
+    uploaded = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: RepoUrl(f"https://hf.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, repo_id, operations, **kwargs: uploaded.extend(operations))
+    processor.save_pretrained(str(tmp_path / "model"), push_to_hub=True, repo_id="tga-org/tiny-tga")
+    paths = {operation.path_in_repo for operation in uploaded}
+    assert {"processor_config.json", "retrieval/index.faiss", "retrieval/texts.parquet"} <= paths
+    assert "retrieval/retriever_config.json" in paths
