@@ -96,13 +96,23 @@ def test_reattaches_from_a_hub_id_in_the_offline_cache(processor, saved, tmp_pat
     assert loaded.retriever.search(image, k=3) == processor.retriever.search(image, k=3)
 
 
-def test_without_faiss_the_processor_loads_without_retriever_and_warns(saved, monkeypatch):
-    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
+@pytest.mark.parametrize(
+    "missing, message",
+    [
+        ("faiss", "retrieval needs faiss-cpu: pip install tga-hf"),
+        ("sentence_transformers", "retrieval needs sentence-transformers: pip install tga-hf"),
+        ("tga_hf.retrieval", "retrieval needs tga-hf with faiss-cpu and sentence-transformers: pip install tga-hf"),
+    ],
+)
+def test_without_retrieval_packages_the_processor_loads_without_retriever_and_warns(
+    saved, monkeypatch, missing, message
+):
+    monkeypatch.setitem(sys.modules, missing, None)  # `import <missing>` now raises ImportError
     with CaptureLogger(logging.get_logger(processing_module.__name__)) as captured:
         loaded = TGALlavaProcessor.from_pretrained(saved)
     assert loaded.retriever is None
-    assert "has a saved retriever; loading without it" in captured.out and "faiss-cpu" in captured.out
-    with pytest.raises(ImportError, match="retrieval needs faiss-cpu: pip install tga-hf"):
+    assert "has a saved retriever; loading without it" in captured.out and message in captured.out
+    with pytest.raises(ImportError, match=message):
         loaded.load_retriever(saved / "retrieval")
     # plain processing still works
     assert "input_ids" in loaded(images=random_images(1)[0], text=chat_prompt(loaded), return_tensors="pt")
