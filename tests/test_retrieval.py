@@ -166,7 +166,7 @@ def test_automatic_index_choice_is_recorded_and_overridable():
         IndexSpec.auto(10, 8, storage="int4")
 
 
-def test_ivf_agrees_with_exact_search_on_a_clustered_corpus():
+def test_ivf_fp16_and_hnsw_agree_with_exact_search_on_a_clustered_corpus():
     points, queries = clustered_vectors(20_000, 64, clusters=100)
     exact = build_index(IndexSpec("Flat"), 64, [points])
     spec = IndexSpec.parse("IVF128,Flat", len(points), 64)
@@ -175,6 +175,13 @@ def test_ivf_agrees_with_exact_search_on_a_clustered_corpus():
     _, exact_ids = exact.search(queries, 1)
     _, ivf_ids = ivf.search(queries, 1)
     assert np.mean(exact_ids[:, 0] == ivf_ids[:, 0]) >= 0.95
+    # half-precision storage keeps the exact ranking on all but near-ties
+    fp16 = build_index(IndexSpec.auto(len(points), 64, storage="fp16"), 64, [points])
+    assert np.mean(fp16.search(queries, 1)[1][:, 0] == exact_ids[:, 0]) >= 0.99
+    hnsw_spec = IndexSpec.parse("HNSW16", len(points), 64)
+    hnsw = build_index(hnsw_spec, 64, [points])
+    assert hnsw_spec.ef_search == 64 and hnsw.hnsw.efSearch == 64
+    assert np.mean(hnsw.search(queries, 1)[1][:, 0] == exact_ids[:, 0]) >= 0.95
 
 
 def test_ivf_retriever_streams_trains_saves_and_loads(joint, tmp_path):

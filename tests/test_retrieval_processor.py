@@ -96,13 +96,23 @@ def test_reattaches_from_a_hub_id_in_the_offline_cache(processor, saved, tmp_pat
     assert loaded.retriever.search(image, k=3) == processor.retriever.search(image, k=3)
 
 
-def test_without_faiss_the_processor_loads_without_retriever_and_warns(saved, monkeypatch):
-    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
+@pytest.mark.parametrize(
+    "missing, message",
+    [
+        ("faiss", "retrieval needs faiss-cpu: pip install tga-hf"),
+        ("sentence_transformers", "retrieval needs sentence-transformers: pip install tga-hf"),
+        ("tga_hf.retrieval", "retrieval needs tga-hf with faiss-cpu and sentence-transformers: pip install tga-hf"),
+    ],
+)
+def test_without_retrieval_packages_the_processor_loads_without_retriever_and_warns(
+    saved, monkeypatch, missing, message
+):
+    monkeypatch.setitem(sys.modules, missing, None)  # `import <missing>` now raises ImportError
     with CaptureLogger(logging.get_logger(processing_module.__name__)) as captured:
         loaded = TGALlavaProcessor.from_pretrained(saved)
     assert loaded.retriever is None
-    assert "has a saved retriever; loading without it" in captured.out and "faiss-cpu" in captured.out
-    with pytest.raises(ImportError, match="retrieval needs faiss-cpu: pip install tga-hf"):
+    assert "has a saved retriever; loading without it" in captured.out and message in captured.out
+    with pytest.raises(ImportError, match=message):
         loaded.load_retriever(saved / "retrieval")
     # plain processing still works
     assert "input_ids" in loaded(images=random_images(1)[0], text=chat_prompt(loaded), return_tensors="pt")
@@ -130,3 +140,15 @@ def test_cli_builds_and_searches_an_index(tmp_path, capsys):
     assert [line["query"] for line in lines] == [str(tmp_path / "image.png"), "hot soup"]
     assert [len(line["hits"]) for line in lines] == [2, 2]
     assert lines[1]["hits"][0]["text"] == CAPTIONS[1]
+
+
+def test_save_pretrained_push_to_hub_uploads_the_retriever(processor, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi, RepoUrl
+
+    uploaded = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: RepoUrl(f"https://hf.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, repo_id, operations, **kwargs: uploaded.extend(operations))
+    processor.save_pretrained(str(tmp_path / "model"), push_to_hub=True, repo_id="tga-org/tiny-tga")
+    paths = {operation.path_in_repo for operation in uploaded}
+    assert {"processor_config.json", "retrieval/index.faiss", "retrieval/texts.parquet"} <= paths
+    assert "retrieval/retriever_config.json" in paths

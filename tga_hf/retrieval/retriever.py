@@ -42,7 +42,6 @@ class TextRetriever:
     Example:
 
     ```python
-    >>> from sentence_transformers import SentenceTransformer
     >>> from tga_hf.retrieval import TextRetriever, joint_encoder
     >>> encoder = joint_encoder("path/to/all-MiniLM-L6-v2", "path/to/image-tower")
     >>> retriever = TextRetriever.build(["a dog on a beach", "a bowl of soup"], encoder)
