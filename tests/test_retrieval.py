@@ -320,3 +320,17 @@ def test_push_to_hub_offline_fails_before_writing_anything(retriever, monkeypatc
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(huggingface_hub.errors.OfflineModeIsEnabled):
         retriever.push_to_hub("tga-org/tiny-model")
+
+
+def test_packaged_fp16_tower_survives_a_bundled_save_and_load(tmp_path):
+    """The packaged tower is stored in fp16: both encoder routes must still run in one dtype after a round trip."""
+    from tga_hf.data import render_text_image
+    from tga_hf.retrieval import joint_encoder
+    from tga_hf.vision_tower.model import packaged_tower_path
+
+    encoder = joint_encoder(minilm(), packaged_tower_path(), device="cpu")
+    retriever = TextRetriever.build(CAPTIONS, encoder, show_progress=False)
+    image = render_text_image(CAPTIONS[0], style="figstep")
+    retriever.save(tmp_path / "index", include_encoder=True)
+    reloaded = TextRetriever.load(tmp_path / "index")
+    assert reloaded.search([image], k=3) == retriever.search([image], k=3)

@@ -60,6 +60,7 @@ def joint_encoder(
     >>> encoder.save("joint-encoder")  # SentenceTransformer("joint-encoder") loads it back
     ```
     """
+    import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Dense, Normalize, Router, Transformer
     from transformers import CLIPVisionModelWithProjection
@@ -75,7 +76,8 @@ def joint_encoder(
     text_dim = text_encoder.get_embedding_dimension()
 
     tower_path = os.fspath(image_tower)
-    tower = CLIPVisionModelWithProjection.from_pretrained(tower_path)
+    # float32 throughout: a tower saved in fp16 would otherwise load as fp16 on one route and fp32 on the other.
+    tower = CLIPVisionModelWithProjection.from_pretrained(tower_path, dtype=torch.float32)
     if tower.config.projection_dim != text_dim:
         raise ValueError(
             f"image tower {tower_path!r} projects to {tower.config.projection_dim} dimensions but the text encoder "
@@ -88,6 +90,7 @@ def joint_encoder(
     try:
         vision = Transformer(
             tower_path,
+            model_kwargs={"dtype": torch.float32},
             modality_config={"image": {"method": "forward", "method_output_name": "pooler_output"}},
             module_output_name="sentence_embedding",
         )
@@ -98,7 +101,7 @@ def joint_encoder(
         text_dim,
         bias=False,
         activation_function=None,
-        init_weight=tower.visual_projection.weight.detach().clone(),
+        init_weight=tower.visual_projection.weight.detach().float().clone(),
     )
     router = Router(
         {"text": text_modules, "image": [vision, projection, Normalize()]},
