@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .fileio import apply_umask, atomic_directory, sha256_file
+from .fileio import apply_umask, atomic_directory, cache_dir, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +82,6 @@ LLMS: dict[str, LLMSpec] = {
 }
 
 
-def cache_dir() -> Path:
-    """Root of tga-hf's cache: `$TGA_HF_CACHE`, else `$XDG_CACHE_HOME/tga_hf`, else `~/.cache/tga_hf`."""
-    if os.environ.get("TGA_HF_CACHE"):
-        return Path(os.environ["TGA_HF_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tga_hf"
 
 
 def _package_dir(module: str) -> Path:

