@@ -15,6 +15,12 @@ from tga_hf.tiny import tiny_tga_llava
 
 from .conftest import chat_prompt
 
+# Smaller than tga_hf.tiny, built by hand where a test needs its own vision tower or LLM family.
+MICRO_LM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+MICRO_TOWER = dict(
+    hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8
+)
+
 REMOTE_FILES = ("configuration_tga_llava.py", "modeling_tga_llava.py", "processing_tga_llava.py")
 
 
@@ -214,26 +220,8 @@ def test_compose_keeps_text_only_behaviour_of_the_language_model():
 
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()
-    language_model = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    ).eval()
-    vision = CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=16,
-            patch_size=8,
-        )
-    )
+    language_model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), **MICRO_LM)).eval()
+    vision = CLIPVisionModel(CLIPVisionConfig(**MICRO_TOWER))
     ids = tokenizer("the cat sits on the mat", return_tensors="pt").input_ids
     with torch.no_grad():
         expected = language_model(ids).logits
@@ -275,27 +263,8 @@ def test_compose_takes_the_encoder_of_a_tower_with_projection():
     from tga_hf.tiny import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
-    tower = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=16,
-            patch_size=8,
-            projection_dim=8,
-        )
-    )
-    language_model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    )
+    tower = CLIPVisionModelWithProjection(CLIPVisionConfig(**MICRO_TOWER, projection_dim=8))
+    language_model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), **MICRO_LM))
     model, _ = compose(tower, language_model, tokenizer, CLIPImageProcessorPil())
     for key, value in model.model.vision_tower.state_dict().items():
         assert torch.equal(value, tower.vision_model.state_dict()[key]), key
