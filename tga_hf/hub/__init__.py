@@ -9,14 +9,13 @@
 """
 
 from .cards import EvalReport, index_card, model_card, read_report
-from .export import atomic_folder, export, export_index
+from .export import export, export_index
 from .loading import from_pretrained
 from .push import PushResult, push, upload_files
 
 __all__ = [
     "EvalReport",
     "PushResult",
-    "atomic_folder",
     "export",
     "export_index",
     "from_pretrained",

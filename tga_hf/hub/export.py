@@ -7,14 +7,11 @@ renamed into place at the very end, so an export that fails or is killed leaves 
 leaves its hidden `.NAME.partial-PID-*` sibling, which the next export into the same place removes).
 """
 
-import contextlib
 import inspect
 import json
 import os
 import re
-import shutil
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,7 @@ from huggingface_hub import eval_result_entries_to_yaml
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from ..fileio import atomic_directory
 from .cards import EvalReport, eval_result_entries, index_card, model_card, read_report
 
 REMOTE_CODE_FILES = ("configuration_tga_llava.py", "modeling_tga_llava.py", "processing_tga_llava.py")
@@ -49,53 +47,6 @@ _FILE_DESCRIPTIONS = {
     EVAL_RESULTS_FILE: "evaluation results in the Hub's eval-results format",
 }
 _SHARD = re.compile(r"^model-\d+-of-(\d+)\.safetensors$")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _remove_stale_partials(out_dir: Path) -> None:
-    """Remove the hidden partial folders that killed exports into `out_dir` left behind."""
-    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.partial-(\d+)-[0-9a-f]+$")
-    for sibling in out_dir.parent.iterdir():
-        match = pattern.match(sibling.name)
-        if match and sibling.is_dir() and not _pid_alive(int(match.group(1))):
-            shutil.rmtree(sibling, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_folder(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty hidden folder beside `out_dir`; when the block succeeds, rename it to `out_dir` (replacing an
-    existing `out_dir` only with `overwrite=True`); when it fails, delete it. `out_dir` is never half-written."""
-    out_dir = Path(out_dir).absolute()
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists: choose another folder or pass overwrite=True")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out_dir)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    partial = out_dir.parent / f".{out_dir.name}.partial-{tag}"
-    partial.mkdir()
-    try:
-        yield partial
-        if out_dir.exists():
-            if not overwrite:  # created by someone else while this export ran
-                raise FileExistsError(f"{out_dir} appeared during the export: it was left untouched")
-            replaced = out_dir.parent / f".{out_dir.name}.replaced-{tag}"
-            os.replace(out_dir, replaced)
-            os.replace(partial, out_dir)
-            shutil.rmtree(replaced)
-        else:
-            os.replace(partial, out_dir)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
 
 
 def _describe_files(folder: Path) -> list[tuple[str, str]]:
@@ -182,7 +133,7 @@ def export(
     out_dir = Path(out_dir).absolute()
     repo_id = repo_id or out_dir.name
 
-    with atomic_folder(out_dir, overwrite=overwrite) as folder:
+    with atomic_directory(out_dir, overwrite=overwrite) as folder:
         steps = tqdm(total=4, desc=f"export {out_dir.name}", unit="step")
         with steps:
             steps.set_postfix_str("weights")
@@ -240,7 +191,7 @@ def export_index(
     """Write a retrieval index as its own Hub dataset repository: the retriever's files plus a dataset card.
     Push it with `push(out_dir, repo_id, repo_type="dataset")`."""
     out_dir = Path(out_dir).absolute()
-    with atomic_folder(out_dir, overwrite=overwrite) as folder:
+    with atomic_directory(out_dir, overwrite=overwrite) as folder:
         index_dir = folder / "index"
         save_retriever(retriever, index_dir, include_encoder)
         for path in index_dir.iterdir():
@@ -252,4 +203,4 @@ def export_index(
     return out_dir
 
 
-__all__ = ["DEFAULT_MAX_SHARD_SIZE", "REMOTE_CODE_FILES", "atomic_folder", "export", "export_index", "save_retriever"]
+__all__ = ["DEFAULT_MAX_SHARD_SIZE", "REMOTE_CODE_FILES", "export", "export_index", "save_retriever"]
