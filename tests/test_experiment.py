@@ -25,8 +25,14 @@ def test_smoke_experiment_writes_report_export_and_reloads(tmp_path):
     report = run_experiment(SMOKE, tmp_path, command="pytest smoke", progress=False)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["dsr"] == report["dsr"]
-    expected = {"text", "baseline_image", "retrieval_only_image", "retrieval_only_image_no_retrieval", "tga_image",
-                "tga_image_no_retrieval"}
+    expected = {
+        "text",
+        "baseline_image",
+        "retrieval_only_image",
+        "retrieval_only_image_no_retrieval",
+        "tga_image",
+        "tga_image_no_retrieval",
+    }
     assert set(report["dsr"]) == expected
     for key, rate in report["dsr"].items():
         low, high = report["dsr_ci"][key]
@@ -42,3 +48,20 @@ def test_smoke_experiment_writes_report_export_and_reloads(tmp_path):
     assert report["export"]["loaded_class"] == "TGALlavaForConditionalGeneration"
     assert set(report["export"]["answers"]) == {"benign", "toxic"}
     assert "DSR" in (tmp_path / "report.md").read_text()
+
+
+def test_question_framing_puts_the_plain_request_in_image_and_text_twin():
+    from tga_hf.data.sources import FIGSTEP_PROMPT, load_benign_prompts, load_safebench
+    from tga_hf.experiment.data import QUESTION_INSTRUCTION, frame
+
+    item = load_safebench(limit_per_category=1)[0]
+    assert frame(item, "figstep") is item and item.prompt == FIGSTEP_PROMPT
+    framed = frame(item, "question")
+    assert framed.image_text == framed.text_prompt == item.meta["question"] != item.image_text
+    assert framed.prompt == QUESTION_INSTRUCTION and framed.text_twin().prompt == item.meta["question"]
+    benign = load_benign_prompts()[0]
+    assert frame(benign, "question").text_prompt == benign.image_text  # no question column: the statement itself
+    with pytest.raises(ValueError, match="framing must be one of"):
+        frame(item, "poem")
+    with pytest.raises(ValueError, match="test_framing must be"):
+        ExperimentConfig(test_framing="poem")

@@ -32,6 +32,10 @@ class ExperimentConfig:
     """Held-out benign renders for over-refusal and utility."""
     n_toxic_snippets: int = 200
     """AdvBench behaviours in the retrieval index (never the test requests)."""
+    test_framing: Literal["figstep", "question"] = "figstep"
+    """How a request is put to the model: "figstep" (fill-the-list instruction, FigStep's attack) or "question" (the
+    plain request in the image, "answer the question in the image"; its text twin is the plain request)."""
+    """AdvBench behaviours in the retrieval index (never the test requests)."""
     steps: int = 40
     batch_size: int = 4
     learning_rate: float = 1e-3
@@ -50,6 +54,8 @@ class ExperimentConfig:
         unknown = set(self.arms) - set(ARMS)
         if unknown:
             raise ValueError(f"unknown arms {sorted(unknown)}; choose from {ARMS}")
+        if self.test_framing not in ("figstep", "question"):
+            raise ValueError(f"test_framing must be 'figstep' or 'question', got {self.test_framing!r}")
         if self.stage not in ("pretrain", "finetune_lora"):
             raise ValueError(f"stage must be 'pretrain' or 'finetune_lora', got {self.stage!r}")
         for name in ("n_align", "n_test_per_category", "n_benign_test", "steps", "batch_size"):

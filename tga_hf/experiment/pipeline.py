@@ -22,7 +22,7 @@ from ..training import TGAConfig, TGATrainer, tga_lora_config
 from ..vision_tower.model import load_lit_tower, packaged_tower_path
 from ..weights import load_llm, load_text_encoder
 from .config import ExperimentConfig
-from .data import ExperimentData, load_experiment_data
+from .data import ExperimentData, image_caption, load_experiment_data
 from .plots import plot_cosine, plot_dsr
 from .report import write_report
 
@@ -109,6 +109,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
         tokenizer,
         config.max_new_tokens,
         progress,
+        config.test_framing,
     )
     safety = locate_safety_layers(llm, tokenizer, data.band_prompts)
     band = safety.band
@@ -175,7 +176,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
             write_jsonl(benign + reads, out_dir / "responses" / f"{key}_benign.jsonl")
         if arm in ("baseline", "tga"):
             images = [item.load_image(RENDER_SIZE) for item in data.toxic_test]
-            captions = [item.image_text + "\n1.\n2.\n3." for item in data.toxic_test]
+            captions = [image_caption(item.image_text) for item in data.toxic_test]
             prompts = [build_prompt(processor, item) for item in data.toxic_test]
             result = image_text_cosine(model, processor, images, captions, prompts, encoder_similarity(encoder))
             cosine[arm] = result.per_layer().to_dict(orient="list")
