@@ -325,3 +325,15 @@ def test_guide_weight_warmup_and_progress_schedule(tmp_path):
     plain = TGATrainer(model, args=make_args(tmp_path), train_dataset=rows, processing_class=processor)
     assert plain.guide_loss_weight == model.config.guide_loss_weight  # None takes the model config's lambda
     assert plain.current_guide_weights() == (model.config.guide_loss_weight, 1.0, 1.0)
+
+
+def test_guide_metrics_survive_a_short_last_batch(tmp_path):
+    """5 rows in batches of 2: the third step's batch holds one row; per-layer metrics must still log every layer
+    (accelerate's gather_for_metrics would truncate them to the batch remainder)."""
+    model, processor = tiny_tga_llava(guide_layers=[1, 2, 3])
+    args = make_args(tmp_path, max_steps=3)
+    trainer = TGATrainer(model, args=args, train_dataset=Dataset.from_list(make_rows(5)), processing_class=processor)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "guide_loss" in entry]
+    assert len(logged) == 3
+    assert all(f"cos_image_caption/{layer}" in logged[-1] for layer in (1, 2, 3))

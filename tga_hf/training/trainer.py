@@ -213,12 +213,12 @@ class TGATrainer(SFTTrainer):
         mode = "train" if self.model.training else "eval"
         metrics = self._metrics[mode]
         num_layers = len(self.guide_layers)
-        metrics["guide_loss"].append(self.accelerator.gather_for_metrics(guide.loss.detach()).mean().item())
-        cos_ic = self.accelerator.gather_for_metrics(guide.cos_image_caption).view(-1, num_layers).mean(dim=0)
+        metrics["guide_loss"].append(self.accelerator.gather(guide.loss.detach()).mean().item())
+        cos_ic = self.accelerator.gather(guide.cos_image_caption).view(-1, num_layers).mean(dim=0)
         for layer, value in zip(self.guide_layers, cos_ic.tolist(), strict=True):
             metrics[f"cos_image_caption/{layer}"].append(value)
         if guide.cos_retrieved_caption is not None:
-            cos_rc = self.accelerator.gather_for_metrics(guide.cos_retrieved_caption).view(-1, num_layers).mean(dim=0)
+            cos_rc = self.accelerator.gather(guide.cos_retrieved_caption).view(-1, num_layers).mean(dim=0)
             for layer, value in zip(self.guide_layers, cos_rc.tolist(), strict=True):
                 metrics[f"cos_retrieved_caption/{layer}"].append(value)
 
