@@ -35,6 +35,11 @@ def build_prompt(processor, item: EvalItem) -> str:
         if image_token is None:
             raise ValueError(f"item {item.id} has an image but {type(processor).__name__} is not an image processor")
         content = f"{image_token}\n{content}"
+    return chat_prompt(tokenizer, content)
+
+
+def chat_prompt(tokenizer, content: str) -> str:
+    """One user turn rendered with the tokenizer's chat template (generation prompt added); raw text without one."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True

@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...modeling import final_norm
+from ..generation import chat_prompt
 
 # Keys the TGA processor adds with `return_tga_masks=True`; the model's forward does not take them.
 TGA_MASK_KEYS = ("image_token_mask", "retrieved_text_mask", "caption_mask")
@@ -95,15 +96,6 @@ def batched(items: Sequence[Any], batch_size: int) -> Iterator[list[Any]]:
 
 def progress(iterable: Iterator[Any], total_items: int, batch_size: int, desc: str) -> tqdm:
     return tqdm(iterable, total=-(-total_items // batch_size), desc=desc, unit="batch", leave=False)
-
-
-def chat_prompt(tokenizer: Any, content: str) -> str:
-    """One user turn rendered with the tokenizer's chat template (generation prompt added); raw text without one."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-        )
-    return content
 
 
 def same_length(name: str, values: Sequence[Any], expected: int) -> None:

@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..generation import chat_prompt
 from ._common import (
     RefusalCheck,
     Window,
     WindowSweep,
     as_tga_processor,
     batched,
-    chat_prompt,
     decoder_layers,
     generate,
     progress,

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ...modeling import DEFAULT_REFUSAL_FAMILY
-from ._common import batched, chat_prompt, forward_inputs, logit_lens, model_device, num_text_layers, progress
+from ..generation import chat_prompt
+from ._common import batched, forward_inputs, logit_lens, model_device, num_text_layers, progress
 
 
 def refusal_token_ids(tokenizer: Any, family: Sequence[str]) -> list[int]:
