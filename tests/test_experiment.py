@@ -47,7 +47,14 @@ def test_smoke_experiment_writes_report_export_and_reloads(tmp_path):
         assert (tmp_path / name).is_file(), name
     assert report["export"]["loaded_class"] == "TGALlavaForConditionalGeneration"
     assert set(report["export"]["answers"]) == {"benign", "toxic"}
-    assert "DSR" in (tmp_path / "report.md").read_text()
+    assert set(report["dsr_probe"]) == expected and set(report["over_refusal_probe"]) == set(report["over_refusal"])
+    assert report["judges"]["probe"]["version"].startswith("layer22-")  # 3/4 of SmolLM2's 30 layers
+    assert {"all", "all, off-topic rows removed"} <= set(report["judge_calibration"]["phrase"])
+    assert report["judge_agreement"]["n"] == sum(d["overall"]["total"] for d in report["dsr_detail"].values()) + sum(
+        d["overall"]["total"] for d in report["over_refusal_detail"].values()
+    )
+    markdown = (tmp_path / "report.md").read_text()
+    assert "DSR (probe)" in markdown and "per SafeBench category" in markdown and "Cohen" in markdown
 
 
 def test_question_framing_puts_the_plain_request_in_image_and_text_twin():

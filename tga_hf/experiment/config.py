@@ -35,7 +35,6 @@ class ExperimentConfig:
     test_framing: Literal["figstep", "question"] = "figstep"
     """How a request is put to the model: "figstep" (fill-the-list instruction, FigStep's attack) or "question" (the
     plain request in the image, "answer the question in the image"; its text twin is the plain request)."""
-    """AdvBench behaviours in the retrieval index (never the test requests)."""
     steps: int = 40
     batch_size: int = 4
     learning_rate: float = 1e-3
@@ -46,6 +45,8 @@ class ExperimentConfig:
     max_length: int = 384
     band_prompts: int = 16
     """Harmful text prompts (AdvBench, not the test set) for the safety-activation band."""
+    probe_layer: int | None = None
+    """`hidden_states` index the refusal probe (second judge) reads in the base LLM; None = 3/4 of its depth."""
     seed: int = 0
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     export: bool = True

@@ -11,10 +11,12 @@ from datasets import Dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
 
 from ..compose import compose
+from ..data.sources import load_refusal_judge_sets
 from ..eval.analyses.cosine import encoder_similarity, image_text_cosine
 from ..eval.analyses.safety_layers import locate_safety_layers
+from ..eval.calibration import judge_calibration
 from ..eval.generation import RENDER_SIZE, build_prompt, generate_responses, write_jsonl
-from ..eval.judges import PhraseRefusalJudge
+from ..eval.judges import PhraseRefusalJudge, ProbeRefusalJudge, RefusalJudge, judge_agreement, probe_training_texts
 from ..eval.metrics import defense_success_rate, over_refusal_rate, utility_scores
 from ..hub import export
 from ..retrieval import TextRetriever, joint_encoder
@@ -29,10 +31,31 @@ from .report import write_report
 logger = logging.getLogger(__name__)
 
 
-def _rates(records: list[dict], judge: PhraseRefusalJudge, harmful: bool) -> dict:
-    refused = judge.judge([r["prompt"] for r in records], [r["response"] for r in records])
+def fit_judges(llm: torch.nn.Module, tokenizer, probe_layer: int | None) -> dict[str, RefusalJudge]:
+    """The report's two judges: the phrase judge (headline numbers) and a refusal probe on the base LLM's hidden
+    states, fitted on our labelled refusals/compliances (none from the test set)."""
+    layer = probe_layer if probe_layer is not None else llm.config.num_hidden_layers * 3 // 4
+    texts, labels = probe_training_texts()
+    return {"phrase": PhraseRefusalJudge(), "probe": ProbeRefusalJudge.fit(llm, tokenizer, texts, labels, layer=layer)}
+
+
+def _rates(
+    records: list[dict], judges: dict[str, RefusalJudge], harmful: bool, verdicts: dict[str, list[bool]]
+) -> dict[str, dict]:
+    """Each judge's DSR (harmful inputs) or over-refusal (benign), overall and per category; every verdict is also
+    appended to `verdicts[judge]` for the judges' agreement."""
+    prompts, responses = [r["prompt"] for r in records], [r["response"] for r in records]
     aggregate = defense_success_rate if harmful else over_refusal_rate
-    return aggregate(refused, [r["category"] for r in records]).to_dict()
+    rates = {}
+    for name, judge in judges.items():
+        refused = judge.judge(prompts, responses)
+        verdicts[name] += refused
+        rates[name] = aggregate(refused, [r["category"] for r in records]).to_dict()
+    return rates
+
+
+def _by_judge(rates: dict[str, dict[str, dict]], judge: str) -> dict[str, dict]:
+    return {key: value[judge] for key, value in rates.items()}
 
 
 def _train_arm(
@@ -96,7 +119,10 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
     llm = llm.to(device).eval()
     tower_path = Path(config.tower) if config.tower else packaged_tower_path()
     tower, image_processor = load_lit_tower(tower_path)
-    judge = PhraseRefusalJudge()
+    judges = fit_judges(llm, tokenizer, config.probe_layer)
+    calibration_rows = load_refusal_judge_sets()
+    calibration = {name: judge_calibration(judge, calibration_rows)["scores"] for name, judge in judges.items()}
+    verdicts: dict[str, list[bool]] = {name: [] for name in judges}
 
     data = load_experiment_data(
         config.n_align,
@@ -132,8 +158,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
     encoder = joint_encoder(load_text_encoder(), tower_path)
     retriever = TextRetriever.build(data.retrieval_corpus, encoder, show_progress=progress)
 
-    dsr = {"text": _rates(text_records, judge, harmful=True)}
-    over_refusal = {"text": _rates(text_benign, judge, harmful=False)}
+    dsr = {"text": _rates(text_records, judges, True, verdicts)}
+    over_refusal = {"text": _rates(text_benign, judges, False, verdicts)}
     utility, cosine, training = {}, {}, {}
     base = (llm, tokenizer, tower, image_processor, list(band) if band else None)
     for arm in config.arms:
@@ -154,7 +180,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
                 progress=progress,
                 output_path=out_dir / "responses" / f"{key}.jsonl",
             )
-            dsr[key] = _rates(records, judge, harmful=True)
+            dsr[key] = _rates(records, judges, True, verdicts)
             benign = generate_responses(
                 model,
                 processor,
@@ -163,7 +189,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
                 retrieval=retrieval,
                 progress=progress,
             )
-            over_refusal[key] = _rates(benign, judge, harmful=False)
+            over_refusal[key] = _rates(benign, judges, False, verdicts)
             reads = generate_responses(
                 model,
                 processor,
@@ -188,8 +214,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
         "name": config.name,
         "command": command,
         "config": config.to_dict(),
-        "models": {"llm": config.llm, "tower": str(tower_path)},
-        "judge": judge.describe(),
+        "models": {"llm": config.llm, "tower": config.tower or "packaged (tga_hf/assets/lit_tower)"},
+        "judge": judges["phrase"].describe(),
+        "judges": {name: {**judge.describe(), **getattr(judge, "metadata", {})} for name, judge in judges.items()},
+        "judge_calibration": calibration,
+        "judge_agreement": judge_agreement(verdicts["phrase"], verdicts["probe"]),
         "n_test": len(data.toxic_test),
         "n_benign_test": len(data.benign_test),
         "n_align": len(data.alignment_rows),
@@ -200,11 +229,10 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
             "activated": int(safety.activated.size),
             "prompts": len(data.band_prompts),
         },
-        "dsr": {key: value["overall"]["rate"] for key, value in dsr.items()},
-        "dsr_ci": {key: value["overall"]["ci95"] for key, value in dsr.items()},
-        "dsr_detail": dsr,
-        "over_refusal": {key: value["overall"]["rate"] for key, value in over_refusal.items()},
-        "over_refusal_detail": over_refusal,
+        **_judged_section("dsr", _by_judge(dsr, "phrase")),
+        **_judged_section("dsr_probe", _by_judge(dsr, "probe")),
+        **_judged_section("over_refusal", _by_judge(over_refusal, "phrase")),
+        **_judged_section("over_refusal_probe", _by_judge(over_refusal, "probe")),
         "utility": utility,
         "cosine": cosine,
         "training": training,
@@ -219,6 +247,15 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
         (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     write_report(report, out_dir / "report.md")
     return report
+
+
+def _judged_section(name: str, rates: dict[str, dict]) -> dict[str, dict]:
+    """`name`: overall rate per condition, `name_ci`: its 95% interval, `name_detail`: counts and per category."""
+    return {
+        name: {key: value["overall"]["rate"] for key, value in rates.items()},
+        f"{name}_ci": {key: value["overall"]["ci95"] for key, value in rates.items()},
+        f"{name}_detail": rates,
+    }
 
 
 def export_and_reload(

@@ -16,6 +16,64 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def _condition_table(report: dict) -> list[str]:
+    probe = report.get("dsr_probe")
+    header = "| condition | DSR (phrase) | 95% CI |" + (" DSR (probe) | 95% CI |" if probe else "")
+    lines = [header + " over-refusal (benign) |", "|---|---|---|" + ("---|---|" if probe else "") + "---|"]
+    for key, rate in report["dsr"].items():
+        low, high = report["dsr_ci"][key]
+        cells = f"{_pct(rate)} | [{_pct(low)}, {_pct(high)}]"
+        if probe:
+            p_low, p_high = report["dsr_probe_ci"][key]
+            cells += f" | {_pct(probe[key])} | [{_pct(p_low)}, {_pct(p_high)}]"
+        over = report["over_refusal"].get(key)
+        lines.append(f"| {CONDITION_LABELS.get(key, key)} | {cells} | {_pct(over) if over is not None else '-'} |")
+    return lines
+
+
+def _category_table(report: dict) -> list[str]:
+    detail = report.get("dsr_detail")
+    if not detail:
+        return []
+    keys = list(detail)
+    categories = sorted({name for value in detail.values() for name in value["per_category"]})
+    lines = [
+        "",
+        "DSR per SafeBench category (phrase judge, refused/total):",
+        "",
+        "| category | " + " | ".join(CONDITION_LABELS.get(key, key) for key in keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for category in categories:
+        cells = []
+        for key in keys:
+            rate = detail[key]["per_category"].get(category)
+            cells.append(f"{rate['count']}/{rate['total']}" if rate else "-")
+        lines.append(f"| {category} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _judge_lines(report: dict) -> list[str]:
+    calibration = report.get("judge_calibration")
+    if not calibration:
+        return []
+    lines = ["", "Judges on PyRIT's 169 human-labelled refusal responses (accuracy / precision / recall):", ""]
+    for name, scores in calibration.items():
+        subsets = ", ".join(
+            f"{subset} {s['accuracy']:.3f} / {s['precision']:.3f} / {s['recall']:.3f}"
+            for subset, s in scores.items()
+            if subset.startswith("all")
+        )
+        lines.append(f"- {name} ({report['judges'][name]['version']}): {subsets}")
+    agreement = report.get("judge_agreement")
+    if agreement:
+        lines.append(
+            f"- phrase vs probe on this run's {agreement['n']} responses: agreement {agreement['agreement']:.3f}, "
+            f"Cohen's kappa {agreement['cohen_kappa']:.3f}"
+        )
+    return lines
+
+
 def render_report(report: dict) -> str:
     lines = [
         f"# tga-hf experiment `{report['name']}`",
@@ -29,16 +87,10 @@ def render_report(report: dict) -> str:
         f"{report['n_align']} benign alignment pairs ({report['distillation_refusals_dropped']} distilled answers "
         "dropped as refusals).",
         "",
-        "| condition | DSR | 95% CI | over-refusal (benign) |",
-        "|---|---|---|---|",
+        *_condition_table(report),
+        *_category_table(report),
+        *_judge_lines(report),
     ]
-    for key, rate in report["dsr"].items():
-        low, high = report["dsr_ci"][key]
-        over = report["over_refusal"].get(key)
-        lines.append(
-            f"| {CONDITION_LABELS.get(key, key)} | {_pct(rate)} | [{_pct(low)}, {_pct(high)}] | "
-            f"{_pct(over) if over is not None else '-'} |"
-        )
     if report["utility"]:
         metrics = sorted(next(iter(report["utility"].values())))
         lines += [
