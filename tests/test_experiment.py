@@ -53,6 +53,9 @@ def test_smoke_experiment_writes_report_export_and_reloads(tmp_path):
     assert report["judge_agreement"]["n"] == sum(d["overall"]["total"] for d in report["dsr_detail"].values()) + sum(
         d["overall"]["total"] for d in report["over_refusal_detail"].values()
     )
+    for calibration in report["projector_calibration"].values():  # SMOKE starts from the calibrated projector
+        assert calibration["image_token_norm_after"] == pytest.approx(calibration["text_token_norm"], rel=1e-2)
+    assert set(report["projector_calibration"]) == set(SMOKE.arms)
     markdown = (tmp_path / "report.md").read_text()
     assert "DSR (probe)" in markdown and "per SafeBench category" in markdown and "Cohen" in markdown
 

@@ -39,6 +39,10 @@ class ExperimentConfig:
     batch_size: int = 4
     learning_rate: float = 1e-3
     stage: Literal["pretrain", "finetune_lora"] = "pretrain"
+    projector_init: Literal["default", "calibrated"] = "default"
+    """"calibrated": standardise the tower features into `linear_1` and start image tokens at the text-embedding norm
+    (`tga_hf.projector_init`), from the first `projector_calibration_images` alignment images; "default": LLaVA's."""
+    projector_calibration_images: int = 64
     guide_layers: list[int] | str = "auto"
     guide_loss_weight: float = 1.0
     max_new_tokens: int = 32
@@ -57,6 +61,8 @@ class ExperimentConfig:
             raise ValueError(f"unknown arms {sorted(unknown)}; choose from {ARMS}")
         if self.test_framing not in ("figstep", "question"):
             raise ValueError(f"test_framing must be 'figstep' or 'question', got {self.test_framing!r}")
+        if self.projector_init not in ("default", "calibrated"):
+            raise ValueError(f"projector_init must be 'default' or 'calibrated', got {self.projector_init!r}")
         if self.stage not in ("pretrain", "finetune_lora"):
             raise ValueError(f"stage must be 'pretrain' or 'finetune_lora', got {self.stage!r}")
         for name in ("n_align", "n_test_per_category", "n_benign_test", "steps", "batch_size"):
@@ -90,5 +96,6 @@ SMOKE = ExperimentConfig(
     max_new_tokens=4,
     band_prompts=4,
     max_length=256,
+    projector_init="calibrated",
 )
-"""The CI test's configuration: the same code path as the demo, minutes smaller."""
+"""The CI test's configuration: the demo's code path, minutes smaller, with the calibrated projector init on top."""

@@ -2,7 +2,6 @@
 only, full TGA) -> safety / over-refusal / utility / layer analyses -> report, plots and a Hub-ready export."""
 
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from ..eval.generation import RENDER_SIZE, build_prompt, generate_responses, wri
 from ..eval.judges import PhraseRefusalJudge, ProbeRefusalJudge, RefusalJudge, judge_agreement, probe_training_texts
 from ..eval.metrics import defense_success_rate, over_refusal_rate, utility_scores
 from ..hub import export
+from ..projector_init import calibrate_projector
 from ..retrieval import TextRetriever, joint_encoder
 from ..training import TGAConfig, TGATrainer, tga_lora_config
 from ..vision_tower.model import load_lit_tower, packaged_tower_path
@@ -27,8 +27,6 @@ from .config import ExperimentConfig
 from .data import ExperimentData, image_caption, load_experiment_data
 from .plots import plot_cosine, plot_dsr
 from .report import write_report
-
-logger = logging.getLogger(__name__)
 
 
 def fit_judges(llm: torch.nn.Module, tokenizer, probe_layer: int | None) -> dict[str, RefusalJudge]:
@@ -60,8 +58,9 @@ def _by_judge(rates: dict[str, dict[str, dict]], judge: str) -> dict[str, dict]:
 
 def _train_arm(
     arm: str, config: ExperimentConfig, base, data: ExperimentData, retriever: TextRetriever, out_dir: Path
-) -> tuple[torch.nn.Module, object, list[dict]]:
-    """Compose the LVLM from the same seed (identical projector init for every arm) and align it."""
+) -> tuple[torch.nn.Module, object, list[dict], dict | None]:
+    """Compose the LVLM from the same seed (identical projector init for every arm) and align it. Returns the model,
+    its processor, the trainer's log history and the projector calibration (None with LLaVA's default init)."""
     llm, tokenizer, tower, image_processor, band = base
     set_seed(config.seed)
     guide_layers = config.guide_layers if config.guide_layers != "auto" else "auto"
@@ -75,6 +74,11 @@ def _train_arm(
         guide_loss_weight=config.guide_loss_weight,
     )
     rows = [dict(row) for row in data.alignment_rows]
+    calibration = None
+    if config.projector_init == "calibrated":
+        images = [row["image"] for row in rows[: config.projector_calibration_images]]
+        pixel_values = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        calibration = calibrate_projector(model, pixel_values)
     if arm != "baseline":
         retrieved = retriever.search([row["image"] for row in rows], k=1)
         for row, hits in zip(rows, retrieved, strict=True):
@@ -105,7 +109,7 @@ def _train_arm(
     model = trainer.model
     if peft_config is not None:
         model = model.merge_and_unload()
-    return model.eval(), processor, trainer.state.log_history
+    return model.eval(), processor, trainer.state.log_history, calibration
 
 
 def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, progress: bool = True) -> dict:
@@ -121,7 +125,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
     tower, image_processor = load_lit_tower(tower_path)
     judges = fit_judges(llm, tokenizer, config.probe_layer)
     calibration_rows = load_refusal_judge_sets()
-    calibration = {name: judge_calibration(judge, calibration_rows)["scores"] for name, judge in judges.items()}
+    judge_scores = {name: judge_calibration(judge, calibration_rows)["scores"] for name, judge in judges.items()}
     verdicts: dict[str, list[bool]] = {name: [] for name in judges}
 
     data = load_experiment_data(
@@ -160,12 +164,14 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
 
     dsr = {"text": _rates(text_records, judges, True, verdicts)}
     over_refusal = {"text": _rates(text_benign, judges, False, verdicts)}
-    utility, cosine, training = {}, {}, {}
+    utility, cosine, training, projector_calibration = {}, {}, {}, {}
     base = (llm, tokenizer, tower, image_processor, list(band) if band else None)
     for arm in config.arms:
-        model, processor, history = _train_arm(arm, config, base, data, retriever, out_dir / arm)
+        model, processor, history, projector_start = _train_arm(arm, config, base, data, retriever, out_dir / arm)
         model.to(device)
         training[arm] = [entry for entry in history if "loss" in entry]
+        if projector_start is not None:
+            projector_calibration[arm] = projector_start
         retrieval_modes = (True, False) if arm != "baseline" else (False,)
         if arm != "baseline":
             processor.attach_retriever(retriever)
@@ -217,7 +223,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
         "models": {"llm": config.llm, "tower": config.tower or "packaged (tga_hf/assets/lit_tower)"},
         "judge": judges["phrase"].describe(),
         "judges": {name: {**judge.describe(), **getattr(judge, "metadata", {})} for name, judge in judges.items()},
-        "judge_calibration": calibration,
+        "judge_calibration": judge_scores,
         "judge_agreement": judge_agreement(verdicts["phrase"], verdicts["probe"]),
         "n_test": len(data.toxic_test),
         "n_benign_test": len(data.benign_test),
@@ -236,6 +242,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
         "utility": utility,
         "cosine": cosine,
         "training": training,
+        "projector_calibration": projector_calibration,
         "seconds": round(time.time() - started, 1),
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
