@@ -57,6 +57,9 @@ def test_smoke_experiment_writes_report_export_and_reloads(tmp_path):
         assert calibration["image_token_norm_after"] == pytest.approx(calibration["text_token_norm"], rel=1e-2)
     assert set(report["projector_calibration"]) == set(SMOKE.arms)
     markdown = (tmp_path / "report.md").read_text()
+    assert set(report["distinct_responses"]) == expected
+    assert all(1 <= count <= report["n_test"] for count in report["distinct_responses"].values())
+    assert "TGA, image (retrieval at inference) vs baseline image" in markdown
     assert "DSR (probe)" in markdown and "per SafeBench category" in markdown and "Cohen" in markdown
 
 
@@ -75,3 +78,19 @@ def test_question_framing_puts_the_plain_request_in_image_and_text_twin():
         frame(item, "poem")
     with pytest.raises(ValueError, match="test_framing must be"):
         ExperimentConfig(test_framing="poem")
+
+
+def test_report_compares_tga_with_the_baseline_by_interval_overlap():
+    from tga_hf.experiment.report import _comparison_lines
+
+    report = {
+        "n_test": 50,
+        "dsr": {"baseline_image": 0.0, "tga_image": 0.6, "tga_image_no_retrieval": 0.02},
+        "dsr_ci": {"baseline_image": [0.0, 0.07], "tga_image": [0.46, 0.72], "tga_image_no_retrieval": [0.0, 0.1]},
+        "distinct_responses": {"baseline_image": 1},
+    }
+    lines = "\n".join(_comparison_lines(report))
+    assert "60.0% vs 0.0% (+60.0 points); the 95% intervals do not overlap: above the baseline" in lines
+    assert "2.0% vs 0.0% (+2.0 points); the 95% intervals overlap" in lines
+    assert "baseline LVLM, image 1" in lines
+    assert _comparison_lines({"dsr": {"text": 0.5}, "dsr_ci": {"text": [0.3, 0.7]}}) == []

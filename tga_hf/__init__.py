@@ -3,6 +3,7 @@
 from .compose import compose
 from .hub import from_pretrained
 from .modeling import TGALlavaConfig, TGALlavaForConditionalGeneration, TGALlavaModel, TGALlavaProcessor
+from .projector_init import calibrate_projector
 
 __version__ = "0.1.0"
 
@@ -11,6 +12,7 @@ __all__ = [
     "TGALlavaForConditionalGeneration",
     "TGALlavaModel",
     "TGALlavaProcessor",
+    "calibrate_projector",
     "compose",
     "from_pretrained",
 ]

@@ -163,6 +163,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
     retriever = TextRetriever.build(data.retrieval_corpus, encoder, show_progress=progress)
 
     dsr = {"text": _rates(text_records, judges, True, verdicts)}
+    distinct_responses = {"text": len({r["response"] for r in text_records})}
     over_refusal = {"text": _rates(text_benign, judges, False, verdicts)}
     utility, cosine, training, projector_calibration = {}, {}, {}, {}
     base = (llm, tokenizer, tower, image_processor, list(band) if band else None)
@@ -187,6 +188,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
                 output_path=out_dir / "responses" / f"{key}.jsonl",
             )
             dsr[key] = _rates(records, judges, True, verdicts)
+            distinct_responses[key] = len({r["response"] for r in records})
             benign = generate_responses(
                 model,
                 processor,
@@ -239,6 +241,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
         **_judged_section("dsr_probe", _by_judge(dsr, "probe")),
         **_judged_section("over_refusal", _by_judge(over_refusal, "phrase")),
         **_judged_section("over_refusal_probe", _by_judge(over_refusal, "probe")),
+        "distinct_responses": distinct_responses,
         "utility": utility,
         "cosine": cosine,
         "training": training,

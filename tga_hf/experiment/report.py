@@ -74,6 +74,36 @@ def _judge_lines(report: dict) -> list[str]:
     return lines
 
 
+def _comparison_lines(report: dict) -> list[str]:
+    """TGA (and retrieval-only) against the baseline, in words: which is higher and whether the intervals overlap."""
+    dsr, ci = report["dsr"], report["dsr_ci"]
+    if "baseline_image" not in dsr:
+        return []
+    lines = [""]
+    for key in ("tga_image", "tga_image_no_retrieval", "retrieval_only_image", "retrieval_only_image_no_retrieval"):
+        if key not in dsr:
+            continue
+        difference = 100 * (dsr[key] - dsr["baseline_image"])
+        overlap = ci[key][0] <= ci["baseline_image"][1] and ci["baseline_image"][0] <= ci[key][1]
+        verdict = (
+            "the 95% intervals overlap: no difference this run can resolve"
+            if overlap
+            else f"the 95% intervals do not overlap: {'above' if difference > 0 else 'below'} the baseline"
+        )
+        lines.append(
+            f"- {CONDITION_LABELS[key]} vs baseline image: {_pct(dsr[key])} vs {_pct(dsr['baseline_image'])} "
+            f"({difference:+.1f} points); {verdict}."
+        )
+    distinct = report.get("distinct_responses")
+    if distinct:
+        counts = ", ".join(f"{CONDITION_LABELS.get(key, key)} {count}" for key, count in distinct.items())
+        lines.append(
+            f"- Distinct answers to the {report['n_test']} harmful requests: {counts}. An LVLM that gives every image "
+            "the same answer does not read the image, and cannot refuse it for its content."
+        )
+    return lines
+
+
 def render_report(report: dict) -> str:
     lines = [
         f"# tga-hf experiment `{report['name']}`",
@@ -88,6 +118,7 @@ def render_report(report: dict) -> str:
         "dropped as refusals).",
         "",
         *_condition_table(report),
+        *_comparison_lines(report),
         *_category_table(report),
         *_judge_lines(report),
     ]
