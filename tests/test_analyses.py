@@ -244,6 +244,17 @@ def test_image_text_cosine_shapes_reference_and_batching(tiny, images):
         image_text_cosine(model, processor, images, TOXIC[:2])
 
 
+def test_image_text_cosine_other_caption_is_the_mean_over_mismatched_pairs(tiny, images):
+    model, processor = tiny
+    result = image_text_cosine(model, processor, images, TOXIC, batch_size=2)
+    # the caption run does not see the image, so a mismatched pair is just another (image, caption) pair
+    mismatched = [image_text_cosine(model, processor, images[:1], [caption]).cosine[0] for caption in TOXIC[1:]]
+    np.testing.assert_allclose(result.other_caption[0], np.mean(mismatched, axis=0), atol=1e-5)
+    assert result.other_caption.shape == result.cosine.shape
+    assert "mean_cosine_other_caption" in result.per_layer()
+    assert image_text_cosine(model, processor, images[:1], TOXIC[:1]).other_caption is None
+
+
 # -- 3. attention ratio ------------------------------------------------------------------------------------------------
 
 

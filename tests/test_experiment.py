@@ -60,6 +60,8 @@ def test_smoke_experiment_writes_report_export_and_reloads(tmp_path):
     assert set(report["distinct_responses"]) == expected
     assert all(1 <= count <= report["n_test"] for count in report["distinct_responses"].values())
     assert "TGA, image (retrieval at inference) vs baseline image" in markdown
+    assert all("mean_cosine_other_caption" in per_layer for per_layer in report["cosine"].values())
+    assert "content gap" in markdown
     assert "DSR (probe)" in markdown and "per SafeBench category" in markdown and "Cohen" in markdown
 
 

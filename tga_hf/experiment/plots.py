@@ -31,7 +31,15 @@ def plot_cosine(report: dict, path: str | Path) -> Path:
     figure, axis = plt.subplots(figsize=(6, 3.6))
     reference = None
     for arm, per_layer in report["cosine"].items():
-        axis.plot(per_layer["layer"], per_layer["mean_cosine"], marker="o", markersize=3, label=arm)
+        (line,) = axis.plot(per_layer["layer"], per_layer["mean_cosine"], marker="o", markersize=3, label=arm)
+        if "mean_cosine_other_caption" in per_layer:
+            axis.plot(
+                per_layer["layer"],
+                per_layer["mean_cosine_other_caption"],
+                color=line.get_color(),
+                linestyle=":",
+                label=f"{arm}, other requests' text",
+            )
         reference = per_layer.get("reference", [None])[0]
     if reference is not None:
         axis.axhline(reference, color="grey", linestyle="--", label="vision-encoder space")

@@ -104,6 +104,24 @@ def _comparison_lines(report: dict) -> list[str]:
     return lines
 
 
+def _band_cosine_lines(report: dict) -> list[str]:
+    """Mean cosine inside the band of a toxic image's states vs its own text and vs the other requests' texts: only
+    the gap between the two is about the request's content."""
+    band = report["safety_band"]["robust"]
+    if not band or not report.get("cosine"):
+        return []
+    lines = ["", "Cosine of toxic-image states vs text states inside the band (own request / other requests):", ""]
+    for arm, per_layer in report["cosine"].items():
+        inside = [i for i, layer in enumerate(per_layer["layer"]) if band[0] <= layer <= band[1]]
+        own = sum(per_layer["mean_cosine"][i] for i in inside) / len(inside)
+        if "mean_cosine_other_caption" not in per_layer:
+            lines.append(f"- {arm}: {own:.3f}")
+            continue
+        other = sum(per_layer["mean_cosine_other_caption"][i] for i in inside) / len(inside)
+        lines.append(f"- {arm}: {own:.3f} / {other:.3f} (content gap {own - other:+.3f})")
+    return lines
+
+
 def render_report(report: dict) -> str:
     lines = [
         f"# tga-hf experiment `{report['name']}`",
@@ -140,6 +158,7 @@ def render_report(report: dict) -> str:
         "",
         f"Safety-activation band of the LLM (logit lens, {band['activated']}/{band['prompts']} harmful prompts "
         f"activate): full {band['band']}, robust (10-90%) {band['robust']}.",
+        *_band_cosine_lines(report),
         "",
         f"Wall time: {report['seconds']} s.",
         "",

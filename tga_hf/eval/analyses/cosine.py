@@ -32,16 +32,21 @@ def encoder_similarity(encoder: Any) -> PairSimilarity:
 @dataclass
 class LayerCosine:
     """`cosine[n, l]`: cosine of image vs caption states of pair n at hidden-state index `layers[l]` (0 is the
-    embedding output); `reference[n]`: the pair's similarity in the vision-encoder space, when given."""
+    embedding output); `other_caption[n, l]`: mean cosine of image n vs every *other* pair's caption (the part of
+    `cosine` that is not about this caption's content); `reference[n]`: the pair's similarity in the vision-encoder
+    space, when given."""
 
     layers: list[int]
     cosine: np.ndarray
+    other_caption: np.ndarray | None = None
     reference: np.ndarray | None = None
 
     def per_layer(self) -> pd.DataFrame:
         frame = pd.DataFrame(
             {"layer": self.layers, "mean_cosine": self.cosine.mean(axis=0), "std_cosine": self.cosine.std(axis=0)}
         )
+        if self.other_caption is not None:
+            frame["mean_cosine_other_caption"] = self.other_caption.mean(axis=0)
         if self.reference is not None:
             frame["reference"] = float(self.reference.mean())
         return frame
@@ -77,27 +82,31 @@ def image_text_cosine(
         reference: `(images, captions) -> similarities` in the vision encoder's space, drawn as the reference line
             (e.g. `encoder_similarity(sentence_transformer)`).
     """
-    rows = []
+    image_pooled, text_pooled = [], []
     device = model_device(model)
     for image_batch, text_batch in paired_batches(processor, images, captions, prompts, batch_size, "cosine"):
         image_states = model(**forward_inputs(image_batch, device), output_hidden_states=True).hidden_states
         text_states = model(**forward_inputs(text_batch, device), output_hidden_states=True).hidden_states
-        per_layer = [
-            torch.cosine_similarity(
-                masked_mean(image_state, image_batch["image_token_mask"]),
-                masked_mean(text_state, text_batch["caption_mask"]),
-                dim=-1,
-            )
-            for image_state, text_state in zip(image_states, text_states, strict=True)
-        ]
-        rows.append(torch.stack(per_layer, dim=1).cpu())
-    cosine = torch.cat(rows).numpy()
+        image_mask, caption_mask = image_batch["image_token_mask"], text_batch["caption_mask"]
+        image_pooled.append(torch.stack([masked_mean(h, image_mask) for h in image_states], dim=1).float().cpu())
+        text_pooled.append(torch.stack([masked_mean(h, caption_mask) for h in text_states], dim=1).float().cpu())
+    # [pairs, layers, hidden] -> [layers, image pair, caption pair]
+    image_unit = torch.nn.functional.normalize(torch.cat(image_pooled), dim=-1)
+    text_unit = torch.nn.functional.normalize(torch.cat(text_pooled), dim=-1)
+    all_pairs = torch.einsum("ilh,jlh->lij", image_unit, text_unit)
+    cosine = all_pairs.diagonal(dim1=1, dim2=2).T.numpy()
+    count = all_pairs.shape[-1]
+    other_caption = None
+    if count > 1:
+        other_caption = ((all_pairs.sum(dim=2) - all_pairs.diagonal(dim1=1, dim2=2)) / (count - 1)).T.numpy()
     reference_values = None
     if reference is not None:
         reference_values = np.asarray(reference(images, captions), dtype=float)
         if reference_values.shape != (len(images),):
             raise ValueError(f"reference returned shape {reference_values.shape}, expected ({len(images)},)")
-    return LayerCosine(layers=list(range(cosine.shape[1])), cosine=cosine, reference=reference_values)
+    return LayerCosine(
+        layers=list(range(cosine.shape[1])), cosine=cosine, other_caption=other_caption, reference=reference_values
+    )
 
 
 __all__ = ["LayerCosine", "encoder_similarity", "image_text_cosine"]
