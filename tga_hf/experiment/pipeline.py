@@ -43,12 +43,13 @@ def _rates(
     """Each judge's DSR (harmful inputs) or over-refusal (benign), overall and per category; every verdict is also
     appended to `verdicts[judge]` for the judges' agreement."""
     prompts, responses = [r["prompt"] for r in records], [r["response"] for r in records]
+    categories = [r["category"] for r in records]
     aggregate = defense_success_rate if harmful else over_refusal_rate
     rates = {}
     for name, judge in judges.items():
         refused = judge.judge(prompts, responses)
         verdicts[name] += refused
-        rates[name] = aggregate(refused, [r["category"] for r in records]).to_dict()
+        rates[name] = aggregate(refused, categories).to_dict()
     return rates
 
 
