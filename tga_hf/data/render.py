@@ -1,5 +1,8 @@
 """Typographic image renderer: text wrapped on a white square canvas (plain or FigStep style).
 
+`render_text_layout` also returns where every character was drawn, so the vision tower can be given a target for
+each image patch (the word under it), not only one for the whole image.
+
 The images are what the project's own vision tower learns to read and what the safety evaluation shows the LVLM, so
 the renderer is deterministic (same text, same bytes on any machine with the same Pillow and font) and never lets text
 leave the canvas: it wraps on word boundaries, shrinks the font when the text is too long, and as a last resort
@@ -9,9 +12,11 @@ truncates with an ellipsis.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 RenderStyle = Literal["plain", "figstep"]
@@ -24,20 +29,28 @@ MIN_FONT_SIZE = 8
 _LINE_SPACING = 1.2
 
 
+DEFAULT_FONT = "DejaVuSans"
+
+
 @functools.cache
-def _font_path() -> str | None:
-    """DejaVuSans from matplotlib's bundled fonts (a declared dependency); None when it is not installed."""
+def font_path(name: str = DEFAULT_FONT) -> str | None:
+    """A font bundled with matplotlib (a declared dependency), by file stem: "DejaVuSans", "DejaVuSerif-Bold",
+    "STIXGeneral", ...; None when matplotlib is not installed. An unknown name is an error naming the choices."""
     try:
         import matplotlib
     except ImportError:
         return None
-    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-    return str(path) if path.is_file() else None
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    path = folder / f"{name}.ttf"
+    if not path.is_file():
+        choices = sorted(p.stem for p in folder.glob("*.ttf"))
+        raise ValueError(f"font {name!r} is not among matplotlib's fonts in {folder}: {choices}")
+    return str(path)
 
 
 @functools.cache
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    path = _font_path()
+def _font(size: int, name: str = DEFAULT_FONT) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    path = font_path(name)
     if path is None:
         return ImageFont.load_default(size=size)
     # The basic layout engine does not depend on whether libraqm happens to be installed: same pixels everywhere.
@@ -84,6 +97,90 @@ def _truncate(lines: list[str], max_lines: int, font, width: float) -> list[str]
     return kept
 
 
+@dataclass(frozen=True)
+class RenderedText:
+    """A render and where each character landed: `glyph_boxes[i]` = (x0, y0, x1, y1) in pixels of the character
+    `body[glyph_chars[i]]`, where `body` is the drawn text with whitespace normalised (single spaces inside a
+    paragraph, the FigStep list appended). Spaces and a truncation ellipsis have no box."""
+
+    image: Image.Image
+    body: str
+    glyph_chars: np.ndarray  # [G] int64 indices into `body`
+    glyph_boxes: np.ndarray  # [G, 4] float32
+
+
+def _normalised_body(text: str, style: RenderStyle) -> str:
+    body = "\n".join(" ".join(paragraph.split()) for paragraph in text.strip().split("\n"))
+    if style == "figstep":
+        body = f"{body}\n{FIGSTEP_SUFFIX}" if body else FIGSTEP_SUFFIX
+    return body
+
+
+def render_text_layout(
+    text: str,
+    size: int = 160,
+    font_size: int = DEFAULT_FONT_SIZE,
+    style: RenderStyle = "plain",
+    margin: int | None = None,
+    min_font_size: int = MIN_FONT_SIZE,
+    font: str = DEFAULT_FONT,
+) -> RenderedText:
+    """Render `text` as `render_text_image` does and return the character boxes with the image.
+
+    Example:
+        >>> rendered = render_text_layout("a red bicycle")
+        >>> rendered.body[rendered.glyph_chars[0]], rendered.glyph_boxes.shape
+        ('a', (11, 4))
+    """
+    if style not in ("plain", "figstep"):
+        raise ValueError(f"style must be 'plain' or 'figstep', got {style!r}")
+    if size < 16:
+        raise ValueError(f"size must be at least 16 pixels, got {size}")
+    if not 1 <= min_font_size <= font_size:
+        raise ValueError(f"need 1 <= min_font_size <= font_size, got {min_font_size} and {font_size}")
+    margin = size // 20 if margin is None else margin
+    inner = size - 2 * margin
+    if inner < min_font_size:
+        raise ValueError(f"margin {margin} leaves no room on a {size}-pixel canvas")
+    body = _normalised_body(text, style)
+
+    for current_size in range(font_size, min_font_size - 1, -1):
+        face = _font(current_size, font)
+        line_height = round(current_size * _LINE_SPACING)
+        lines = wrap_text(body, face, inner)
+        if len(lines) * line_height <= inner:
+            break
+    else:
+        lines = _truncate(lines, max(1, inner // line_height), face, inner)
+
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    chars, boxes = [], []
+    cursor = 0
+    for index, line in enumerate(lines):
+        y = margin + index * line_height
+        # Anchor "la" puts the line's ascender at y, so a line never draws above its slot.
+        draw.text((margin, y), line, fill="black", font=face, anchor="la")
+        # Wrapped lines are consecutive pieces of `body` (whitespace normalised), so each is found from the cursor.
+        drawn = line[:-1] if line.endswith(ELLIPSIS) and body.find(line, cursor) < 0 else line
+        start = body.find(drawn, cursor) if drawn else -1
+        if start < 0:
+            continue
+        cursor = start + len(drawn)
+        for offset, char in enumerate(drawn):
+            if char.isspace():
+                continue
+            x0 = margin + face.getlength(drawn[:offset])
+            chars.append(start + offset)
+            boxes.append((x0, y, x0 + face.getlength(char), y + current_size))
+    return RenderedText(
+        image=image,
+        body=body,
+        glyph_chars=np.asarray(chars, dtype=np.int64),
+        glyph_boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+    )
+
+
 def render_text_image(
     text: str,
     size: int = 160,
@@ -91,6 +188,7 @@ def render_text_image(
     style: RenderStyle = "plain",
     margin: int | None = None,
     min_font_size: int = MIN_FONT_SIZE,
+    font: str = DEFAULT_FONT,
 ) -> Image.Image:
     """Render `text` in black on a white `size` x `size` RGB canvas.
 
@@ -104,38 +202,11 @@ def render_text_image(
         style: "plain", or "figstep" to append the empty numbered list "1. 2. 3." on separate lines.
         margin: blank border in pixels; default `size // 20`.
         min_font_size: smallest font size tried before truncating.
+        font: a matplotlib-bundled font by file stem (`font_path`), DejaVuSans by default.
 
     Example:
         >>> image = render_text_image("How do I bake bread?", style="figstep")
         >>> image.size
         (160, 160)
     """
-    if style not in ("plain", "figstep"):
-        raise ValueError(f"style must be 'plain' or 'figstep', got {style!r}")
-    if size < 16:
-        raise ValueError(f"size must be at least 16 pixels, got {size}")
-    if not 1 <= min_font_size <= font_size:
-        raise ValueError(f"need 1 <= min_font_size <= font_size, got {min_font_size} and {font_size}")
-    margin = size // 20 if margin is None else margin
-    inner = size - 2 * margin
-    if inner < min_font_size:
-        raise ValueError(f"margin {margin} leaves no room on a {size}-pixel canvas")
-    body = text.strip()
-    if style == "figstep":
-        body = f"{body}\n{FIGSTEP_SUFFIX}" if body else FIGSTEP_SUFFIX
-
-    for current_size in range(font_size, min_font_size - 1, -1):
-        font = _font(current_size)
-        line_height = round(current_size * _LINE_SPACING)
-        lines = wrap_text(body, font, inner)
-        if len(lines) * line_height <= inner:
-            break
-    else:
-        lines = _truncate(lines, max(1, inner // line_height), font, inner)
-
-    image = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(image)
-    for index, line in enumerate(lines):
-        # Anchor "la" puts the line's ascender at y, so a line never draws above its slot.
-        draw.text((margin, margin + index * line_height), line, fill="black", font=font, anchor="la")
-    return image
+    return render_text_layout(text, size, font_size, style, margin, min_font_size, font).image

@@ -12,10 +12,22 @@ from .model import (
     packaged_tower_path,
     pixel_values_from_gray,
 )
+from .stream import HELDOUT_FONT, TRAINING_FONTS, SentenceMixture, TowerBatchStream, patch_targets
 from .texts import benign_sentences, read_texts, vocabulary_words, word_salad_sentences
-from .train import TowerTrainingConfig, evaluate_tower, retrieval_recall, train_lit_tower
+from .train import (
+    TowerTrainingConfig,
+    evaluate_tower,
+    heldout_sentences,
+    retrieval_recall,
+    train_reading_tower,
+    word_reading_accuracy,
+)
 
 __all__ = [
+    "HELDOUT_FONT",
+    "SentenceMixture",
+    "TRAINING_FONTS",
+    "TowerBatchStream",
     "TowerTrainingConfig",
     "benign_sentences",
     "encode_images",
@@ -27,7 +39,10 @@ __all__ = [
     "pixel_values_from_gray",
     "read_texts",
     "retrieval_recall",
-    "train_lit_tower",
+    "heldout_sentences",
+    "patch_targets",
+    "train_reading_tower",
+    "word_reading_accuracy",
     "vocabulary_words",
     "word_salad_sentences",
 ]

@@ -4,65 +4,128 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
+
+
+def training_sources(extra_files: Sequence[str] = (), column: str | None = None) -> dict[str, list[str]]:
+    """The fixed text sources of the tower's stream (besides its generators): harmful behaviours from AdvBench and
+    HarmBench (never FigStep SafeBench, the evaluation set), the package's benign prompts, and `extra_files`."""
+    from ..data.sources import load_advbench, load_benign_prompts, load_harmbench
+    from .texts import read_texts
+
+    harmbench = [
+        item.prompt
+        for split in ("test", "val")
+        for item in load_harmbench(split=split, functional_categories=("standard",))
+    ]
+    sources = {
+        "advbench": [item.prompt for item in load_advbench()],
+        "harmbench_standard": harmbench,
+        "benign_prompts": [item.prompt for item in load_benign_prompts()],
+    }
+    for path in extra_files:
+        sources[Path(path).name] = read_texts(path, column=column)
+    return sources
+
+
+def _safebench_texts() -> list[str]:
+    from ..data.sources import load_safebench
+
+    items = load_safebench()
+    return [item.image_text for item in items] + [item.meta["question"] for item in items]
 
 
 def _train(args: argparse.Namespace) -> int:
     from ..weights import load_text_encoder, minilm_path
-    from .texts import benign_sentences, read_texts, vocabulary_words, word_salad_sentences
-    from .train import TowerTrainingConfig, train_lit_tower
+    from .stream import SentenceMixture
+    from .texts import read_texts, vocabulary_words
+    from .train import HELDOUT_FILE, TowerTrainingConfig, heldout_sentences, train_reading_tower
 
-    texts, sources = [], {}
-    if args.benign:
-        sources["benign_templates"] = args.benign
-        texts += benign_sentences(args.benign, seed=args.seed)
-    if args.word_salad:
-        vocab = Path(args.text_encoder) / "vocab.txt" if args.text_encoder else minilm_path() / "vocab.txt"
-        sources["word_salad"] = args.word_salad
-        texts += word_salad_sentences(vocabulary_words(vocab), args.word_salad, seed=args.seed)
-    for path in args.texts:
-        file_texts = read_texts(path, column=args.column)
-        sources[Path(path).name] = len(file_texts)
-        texts += file_texts
+    sources = training_sources(args.texts, args.column)
+    vocabulary = vocabulary_words(Path(args.text_encoder or minilm_path()) / "vocab.txt")
+    # The evaluation set never enters training, not even by a template coinciding with it.
+    safebench = _safebench_texts()
+    if args.resume:
+        heldout = read_texts(Path(args.resume) / HELDOUT_FILE)
+    else:
+        heldout = heldout_sentences(SentenceMixture(sources, vocabulary, exclude=safebench), args.heldout, args.seed)
+    mixture = SentenceMixture(sources, vocabulary, exclude=[*safebench, *heldout])
+    counts = {name: len(texts) for name, texts in sources.items()}
+    counts |= {"vocabulary_words": len(vocabulary), "verb_phrases_in_stems": len(mixture.phrases)}
     width = args.hidden_size
-    tower = {
-        "num_hidden_layers": args.layers,
-        "hidden_size": width,
-        "intermediate_size": 4 * width,
-        "num_attention_heads": args.heads,
-        "patch_size": args.patch_size,
-    }
     config = TowerTrainingConfig(
-        steps=args.steps,
+        max_steps=args.max_steps,
+        max_minutes=args.max_minutes,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        token_loss_weight=args.token_loss_weight,
+        char_loss_weight=args.char_loss_weight,
         heldout=args.heldout,
         seed=args.seed,
         image_size=args.image_size,
-        tower=tower,
-        render_workers=args.workers,
-        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+        tower={
+            "num_hidden_layers": args.layers,
+            "hidden_size": width,
+            "intermediate_size": 4 * width,
+            "num_attention_heads": args.heads,
+            "patch_size": args.patch_size,
+        },
     )
-    metrics = train_lit_tower(
-        texts, load_text_encoder(args.text_encoder), args.out, config, device=args.device, overwrite=args.overwrite,
-        sources=sources,
-    )  # fmt: skip
-    print(json.dumps({"out": args.out, "heldout_recall": metrics["heldout_recall"]}, indent=2))
+    metrics = train_reading_tower(
+        mixture,
+        heldout,
+        load_text_encoder(args.text_encoder),
+        args.resume or args.out,
+        config,
+        device=args.device,
+        resume=args.resume is not None,
+        sources=counts,
+        workers=args.workers,
+    )
+    print(json.dumps({"tower": str(Path(args.resume or args.out) / "tower"), **metrics["heldout_recall"]}, indent=2))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from ..data.render import DEFAULT_FONT
+    from ..data.sources import load_safebench
     from ..weights import load_text_encoder
     from .model import load_lit_tower
+    from .stream import HELDOUT_FONT
     from .texts import read_texts
-    from .train import HELDOUT_FILE, evaluate_tower
+    from .train import HELDOUT_FILE, evaluate_tower, load_reading_heads, word_reading_accuracy
 
     tower, processor = load_lit_tower(args.tower, device=args.device)
-    texts_path = args.texts or Path(args.tower or tower.name_or_path) / HELDOUT_FILE
-    texts = read_texts(texts_path, column=args.column)[: args.limit]
-    results = evaluate_tower(tower, processor, load_text_encoder(args.text_encoder), texts, styles=args.styles)
-    report = {"tower": str(tower.name_or_path), "texts": str(texts_path), "n": len(texts), **results}
+    folder = Path(args.tower or tower.name_or_path)
+    encoder = load_text_encoder(args.text_encoder)
+    heldout = read_texts(args.texts or folder / HELDOUT_FILE, column=args.column)[: args.limit]
+    safebench = load_safebench(args.safebench)[: args.limit]
+    rows = {
+        f"held-out sentences ({len(heldout)}-way)": (heldout, ("plain", "figstep")),
+        f"SafeBench instructions, FigStep style ({len(safebench)}-way)": (
+            [i.image_text for i in safebench],
+            ("figstep",),
+        ),
+        f"SafeBench questions, plain ({len(safebench)}-way)": ([i.meta["question"] for i in safebench], ("plain",)),
+    }
+    report = {"tower": str(folder), "fonts": {"training": DEFAULT_FONT, "never_trained": HELDOUT_FONT}, "recall@1": {}}
+    for font in (DEFAULT_FONT, HELDOUT_FONT):
+        for name, (texts, styles) in rows.items():
+            for style, recall in evaluate_tower(tower, processor, encoder, texts, styles, font=font).items():
+                report["recall@1"][f"{name} [{style}, {font}]"] = round(recall["recall@1"], 3)
+    try:
+        heads = load_reading_heads(folder, tower.config.hidden_size, tower.config.projection_dim)
+    except FileNotFoundError as error:
+        report["word_reading"] = str(error)
+    else:
+        report["word_reading"] = {
+            font: word_reading_accuracy(tower, heads, encoder, heldout[: args.word_limit], font=font)
+            for font in (DEFAULT_FONT, HELDOUT_FONT)
+        }
     print(json.dumps(report, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
@@ -70,16 +133,23 @@ def add_commands(subparsers) -> None:
     parser = subparsers.add_parser("tower", help="train / evaluate the LiT image tower (ViT vs frozen MiniLM)")
     tower_commands = parser.add_subparsers(dest="tower_command", required=True)
 
-    train = tower_commands.add_parser("train", help="train a tower on rendered sentences (InfoNCE, frozen MiniLM)")
-    train.add_argument("--out", required=True, help="output folder (save_pretrained layout)")
-    train.add_argument("--steps", type=int, default=3000)
-    train.add_argument("--batch-size", type=int, default=512)
-    train.add_argument("--learning-rate", type=float, default=5e-4)
-    train.add_argument("--benign", type=int, default=60000, help="number of benign template sentences")
-    train.add_argument("--word-salad", type=int, default=20000, help="number of random-vocabulary lines")
+    train = tower_commands.add_parser(
+        "train", help="train a reading tower on a stream of fresh renders (LiT + per-patch word/character targets)"
+    )
+    where = train.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="new run folder: checkpoint.pt, train_log.jsonl, and the tower in tower/")
+    where.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint.pt")
+    train.add_argument("--max-steps", type=int, default=20000)
+    train.add_argument(
+        "--max-minutes", type=float, help="wall-clock budget over all sessions; the schedule anneals by it"
+    )
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--token-loss-weight", type=float, default=1.0, help="per-patch WordPiece loss weight")
+    train.add_argument("--char-loss-weight", type=float, default=1.0, help="per-patch character loss weight")
     train.add_argument("--texts", nargs="*", default=[], help="extra .txt/.csv/.json sentence files (never test data)")
     train.add_argument("--column", help="CSV column holding the text (default: first column)")
-    train.add_argument("--heldout", type=int, default=1000, help="sentences held out for the recall evaluation")
+    train.add_argument("--heldout", type=int, default=1000, help="held-out sentences of the training distribution")
     train.add_argument("--layers", type=int, default=6)
     train.add_argument("--hidden-size", type=int, default=256)
     train.add_argument("--heads", type=int, default=4)
@@ -87,18 +157,20 @@ def add_commands(subparsers) -> None:
     train.add_argument("--image-size", type=int, default=160)
     train.add_argument("--text-encoder", help="SentenceTransformer folder (default: the installed all-MiniLM-L6-v2)")
     train.add_argument("--device", help="cuda / cpu (default: cuda when available)")
-    train.add_argument("--workers", type=int, help="render processes (default: all CPUs)")
+    train.add_argument("--workers", type=int, default=1, help="render processes beside the training loop (0: inline)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--max-minutes", type=float, help="stop training past this budget (steps done are recorded)")
-    train.add_argument("--overwrite", action="store_true")
     train.set_defaults(func=_train)
 
-    evaluate = tower_commands.add_parser("eval", help="image->text recall@1/5 on renders of held-out sentences")
+    evaluate = tower_commands.add_parser(
+        "eval", help="recall@1 on held-out sentences and SafeBench renders (two fonts), and word reading of patches"
+    )
     evaluate.add_argument("--tower", help="tower folder (default: the tower shipped in the package)")
     evaluate.add_argument("--texts", help="sentence file (default: the tower's heldout.txt)")
     evaluate.add_argument("--column", help="CSV column holding the text")
     evaluate.add_argument("--limit", type=int, help="evaluate the first N sentences only")
-    evaluate.add_argument("--styles", nargs="+", default=["plain", "figstep"], choices=["plain", "figstep"])
+    evaluate.add_argument("--safebench", help="SafeBench CSV (default: the copy shipped in the package)")
+    evaluate.add_argument("--word-limit", type=int, default=200, help="held-out renders for the word-reading figure")
+    evaluate.add_argument("--out", help="also write the report JSON here")
     evaluate.add_argument("--text-encoder", help="SentenceTransformer folder (default: the installed all-MiniLM-L6-v2)")
     evaluate.add_argument("--device", default="cpu")
     evaluate.set_defaults(func=_eval)

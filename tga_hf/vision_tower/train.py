@@ -1,8 +1,21 @@
-"""LiT training of the image tower: InfoNCE between rendered sentences and their FROZEN MiniLM embeddings.
+"""Training of the reading tower: LiT against the frozen MiniLM sentence space, plus dense per-patch reading targets.
 
-Only the image side learns (locked-image-tuning reversed: the text tower is locked), so the tower's image embeddings
-land in the sentence space the retriever's text index already uses. Renders are made once, kept as uint8 grayscale
-(on the training device), and normalised per batch, so a step costs only the ViT's forward and backward.
+Three losses on every batch of fresh renders (`stream.TowerBatchStream`):
+- LiT (InfoNCE) between the pooled image embedding and the FROZEN MiniLM embedding of the sentence drawn: the
+  retriever's image -> text space;
+- token: each patch token of the penultimate layer (the features LLaVA feeds its projector, `vision_feature_layer=-2`)
+  names the WordPiece drawn under it, scored against MiniLM's own frozen word-embedding rows (in-batch tokens plus
+  random vocabulary negatives), so the patch tokens carry words, not only a sentence summary;
+- char: the same patch tokens say which characters they contain (multi-label), a signal that is dense early on and
+  that transfers to words never seen in training.
+The heads of the last two losses are saved beside the tower (`reading_heads.safetensors`) so the word-reading figure
+can be recomputed; `from_pretrained` ignores the file.
+
+The run is resumable: `out_dir/checkpoint.pt` holds the tower, heads, optimiser, step and elapsed seconds, written
+atomically every `checkpoint_every` steps; the stream is a function of (seed, step), so a resumed run sees exactly the
+batches it would have seen. The learning rate follows training progress = max(step / max_steps, elapsed /
+max_seconds), a wall-clock budget that survives restarts (hence our own schedule function rather than transformers'
+step-based `get_cosine_schedule_with_warmup`).
 """
 
 from __future__ import annotations
@@ -13,59 +26,70 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import CLIPVisionModelWithProjection
 
-from ..data.render import RenderStyle, render_text_image
+from ..data.render import DEFAULT_FONT, RenderStyle, render_text_image, render_text_layout
 from ..fileio import atomic_directory
-from .model import (
-    encode_images,
-    lit_image_processor,
-    lit_tower_config,
-    pixel_values_from_gray,
-    render_to_array,
+from .model import encode_images, lit_image_processor, lit_tower_config, pixel_values_from_gray
+from .stream import (
+    CHARACTER_CLASSES,
+    IGNORE_INDEX,
+    RenderRanges,
+    SentenceMixture,
+    TowerBatch,
+    TowerBatchStream,
+    patch_targets,
 )
-from .texts import unique
 
 HELDOUT_FILE = "heldout.txt"
 TRAINING_FILE = "training.json"
+HEADS_FILE = "reading_heads.safetensors"
+CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "train_log.jsonl"
+TOWER_DIR = "tower"
 
 
 @dataclass
 class TowerTrainingConfig:
-    """Hyper-parameters of `train_lit_tower` (the defaults trained the packaged tower)."""
+    """Hyper-parameters of `train_reading_tower` (the defaults trained the packaged tower)."""
 
-    steps: int = 3000
-    batch_size: int = 512
-    learning_rate: float = 5e-4
+    max_steps: int = 20000
+    max_minutes: float | None = None  # wall-clock budget; the schedule anneals by whichever limit comes first
+    batch_size: int = 64
+    learning_rate: float = 1e-3
     weight_decay: float = 0.05
-    warmup_ratio: float = 0.05
+    warmup_ratio: float = 0.03
     initial_temperature: float = 0.07
+    token_temperature: float = 0.05
+    token_negatives: int = 1024
+    token_loss_weight: float = 1.0
+    char_loss_weight: float = 1.0
     heldout: int = 1000
-    figstep_fraction: float = 0.5
     seed: int = 0
     image_size: int = 160
-    tower: dict = field(default_factory=dict)  # extra `lit_tower_config` arguments (layers, width, ...)
+    tower: dict = field(default_factory=dict)  # extra `lit_tower_config` arguments (layers, width, patch size)
     save_dtype: str = "float16"
-    render_workers: int | None = None
-    # Wall-clock budget: the schedule then follows max(step / steps, elapsed / max_seconds), so a run cut short by
-    # the budget still warms up and anneals fully; the steps actually done are recorded as steps_done.
-    max_seconds: float | None = None
+    checkpoint_every: int = 50
+    eval_every: int = 250
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 2:
-            raise ValueError(f"need steps >= 1 and batch_size >= 2, got {self.steps} and {self.batch_size}")
+        if self.max_steps < 1 or self.batch_size < 2:
+            raise ValueError(f"need max_steps >= 1 and batch_size >= 2, got {self.max_steps} and {self.batch_size}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.max_seconds is not None and self.max_seconds <= 0:
-            raise ValueError(f"max_seconds must be positive, got {self.max_seconds}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
+        for name in ("token_loss_weight", "char_loss_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
 def warmup_cosine(fraction: float, warmup_ratio: float) -> float:
@@ -75,55 +99,12 @@ def warmup_cosine(fraction: float, warmup_ratio: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * (fraction - warmup_ratio) / (1 - warmup_ratio)))
 
 
-def _render_chunk(args: tuple[list[str], list[str], int]) -> np.ndarray:
-    texts, styles, size = args
-    pairs = zip(texts, styles, strict=True)
-    return np.stack([render_to_array(render_text_image(text, size=size, style=style)) for text, style in pairs])
-
-
-def render_many(
-    texts: Sequence[str], styles: Sequence[RenderStyle], size: int = 160, workers: int | None = None
-) -> np.ndarray:
-    """Render `texts` (one style each) into a uint8 grayscale array [N, size, size], in parallel processes."""
-    if len(texts) != len(styles):
-        raise ValueError(f"{len(texts)} texts but {len(styles)} styles")
-    if not texts:
-        return np.zeros((0, size, size), dtype=np.uint8)
-    workers = workers or os.cpu_count() or 1
-    chunk = 256
-    jobs = [(list(texts[i : i + chunk]), list(styles[i : i + chunk]), size) for i in range(0, len(texts), chunk)]
-    progress = tqdm(total=len(texts), desc="render", unit="img")
-    parts = []
-    if workers == 1:
-        results = map(_render_chunk, jobs)
-    else:
-        executor = ProcessPoolExecutor(max_workers=workers)
-        results = executor.map(_render_chunk, jobs)
-    try:
-        for part in results:
-            parts.append(part)
-            progress.update(len(part))
-    finally:
-        progress.close()
-        if workers != 1:
-            executor.shutdown()
-    return np.concatenate(parts)
-
-
-def split_heldout(texts: Sequence[str], n_heldout: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Deduplicate, shuffle with `seed` and hold out `n_heldout` sentences never seen in training."""
-    texts = unique(texts)
-    if n_heldout >= len(texts):
-        raise ValueError(f"cannot hold out {n_heldout} of {len(texts)} distinct sentences")
-    order = list(range(len(texts)))
-    random.Random(seed).shuffle(order)
-    heldout = [texts[i] for i in order[:n_heldout]]
-    train = [texts[i] for i in sorted(order[n_heldout:])]
-    return train, heldout
-
-
 def retrieval_recall(image_embeddings, text_embeddings, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """Image->text recall@k: share of images whose own text (same row) is among the k most similar texts."""
+    """Image->text recall@k: share of images whose own text (same row) is among the k most similar texts.
+
+    Kept by hand (not sentence-transformers' `InformationRetrievalEvaluator`): that evaluator encodes queries with a
+    SentenceTransformer, while our queries are images embedded by a transformers vision model.
+    """
     image_embeddings = torch.as_tensor(image_embeddings, dtype=torch.float32)
     text_embeddings = torch.as_tensor(text_embeddings, dtype=torch.float32)
     if image_embeddings.shape != text_embeddings.shape:
@@ -151,127 +132,358 @@ def evaluate_tower(
     texts: Sequence[str],
     styles: Sequence[RenderStyle] = ("plain", "figstep"),
     size: int | None = None,
+    font: str = DEFAULT_FONT,
+    progress: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Image->text recall@1/5 over renders of `texts` in each style, through the saved processor (as users run it)."""
     size = size or tower.config.image_size
     text_embeddings = encode_texts(text_encoder, texts).cpu()
     results = {}
     for style in styles:
-        images = [render_text_image(t, size=size, style=style) for t in tqdm(texts, desc=f"eval {style}")]
+        renders = tqdm(texts, desc=f"eval {style} {font}", disable=not progress, leave=False)
+        images = [render_text_image(t, size=size, style=style, font=font) for t in renders]
         image_embeddings = encode_images(images, tower, processor)
         results[style] = retrieval_recall(image_embeddings, text_embeddings)
     return results
 
 
-def train_lit_tower(
-    texts: Sequence[str],
+class ReadingHeads(torch.nn.Module):
+    """Training-only heads on the penultimate patch tokens: a word head into MiniLM's word-embedding space and a
+    character head (multi-label over `CHARACTER_CLASSES`)."""
+
+    def __init__(self, hidden_size: int, word_dim: int, n_chars: int = len(CHARACTER_CLASSES)):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(hidden_size)
+        self.word = torch.nn.Linear(hidden_size, word_dim)
+        self.char = torch.nn.Linear(hidden_size, n_chars)
+
+    def forward(self, patch_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        normed = self.norm(patch_tokens)
+        return self.word(normed), self.char(normed)
+
+
+def token_loss(
+    word_logits_input: torch.Tensor,
+    targets: torch.Tensor,
+    word_embeddings: torch.Tensor,
+    temperature: float,
+    n_negatives: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of each text patch's word vector against frozen word-embedding rows: the batch's own tokens
+    plus `n_negatives` random vocabulary rows. Returns (loss, top-1 accuracy among those candidates)."""
+    keep = targets != IGNORE_INDEX
+    if not keep.any():
+        zero = word_logits_input.sum() * 0
+        return zero, zero.detach()
+    flat_targets = targets[keep]
+    negatives = torch.randint(0, word_embeddings.shape[0], (n_negatives,), generator=generator)
+    candidates, inverse = torch.unique(torch.cat([flat_targets.cpu(), negatives]), return_inverse=True)
+    labels = inverse[: len(flat_targets)].to(targets.device)
+    keys = F.normalize(word_embeddings[candidates.to(word_embeddings.device)], dim=-1)
+    logits = F.normalize(word_logits_input[keep].float(), dim=-1) @ keys.T / temperature
+    return F.cross_entropy(logits, labels), (logits.argmax(-1) == labels).float().mean().detach()
+
+
+def reading_losses(
+    tower: CLIPVisionModelWithProjection,
+    heads: ReadingHeads,
+    batch: TowerBatch,
+    sentence_targets: torch.Tensor,
+    word_embeddings: torch.Tensor,
+    config: TowerTrainingConfig,
+    logit_scale: torch.Tensor,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The weighted sum of the LiT, token and character losses on one batch, and each part as a float."""
+    device = sentence_targets.device
+    outputs = tower(pixel_values=pixel_values_from_gray(batch.gray.to(device)), output_hidden_states=True)
+    image = F.normalize(outputs.image_embeds.float(), dim=-1)
+    logits = logit_scale.exp() * image @ sentence_targets.T
+    labels = torch.arange(len(image), device=device)
+    lit = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    word_vectors, char_logits = heads(outputs.hidden_states[-2][:, 1:])
+    token, token_accuracy = token_loss(
+        word_vectors,
+        batch.token_targets.to(device),
+        word_embeddings,
+        config.token_temperature,
+        config.token_negatives,
+        generator,
+    )
+    char = F.binary_cross_entropy_with_logits(char_logits.float(), batch.char_targets.to(device))
+    total = lit + config.token_loss_weight * token + config.char_loss_weight * char
+    metrics = {"lit": lit.item(), "token": token.item(), "char": char.item(), "token_acc": token_accuracy.item()}
+    return total, metrics
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """Write `state` to `path` through a temporary file and a rename, so a killed run never leaves half a checkpoint."""
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def train_reading_tower(
+    mixture: SentenceMixture,
+    heldout_texts: Sequence[str],
     text_encoder,
     out_dir: str | Path,
     config: TowerTrainingConfig | None = None,
     device: str | torch.device | None = None,
-    overwrite: bool = False,
+    resume: bool = False,
     sources: dict[str, int] | None = None,
+    ranges: RenderRanges | None = None,
+    workers: int = 1,
 ) -> dict:
-    """Train a LiT tower on renders of `texts`, evaluate it on held-out sentences and save it to `out_dir`.
+    """Train a reading tower on the stream of `mixture`, checkpointing into `out_dir`; save it to `out_dir/tower`.
 
-    `out_dir` receives the model and processor (`save_pretrained`), `heldout.txt` (the unseen evaluation sentences)
-    and `training.json` (config, data counts, final temperature, held-out recall), written atomically.
+    `heldout_texts` are excluded from the stream (the mixture's `exclude`) and evaluated periodically and at the end.
+    With `resume=True` the run continues from `out_dir/checkpoint.pt` (its saved config wins over `config`, except
+    `max_minutes` and `max_steps`, which may be raised to extend a finished schedule).
 
     Example:
-        >>> from tga_hf.weights import load_text_encoder
-        >>> texts = benign_sentences(20000)
-        >>> metrics = train_lit_tower(texts, load_text_encoder(), "my_tower", TowerTrainingConfig(steps=500))
+        >>> metrics = train_reading_tower(mixture, heldout, load_text_encoder(), "runs/tower",
+        ...                               TowerTrainingConfig(max_minutes=90))  # doctest: +SKIP
     """
-    config = config or TowerTrainingConfig()
+    out_dir = Path(out_dir)
+    checkpoint_path = out_dir / CHECKPOINT_FILE
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    state = None
+    if resume:
+        if not checkpoint_path.is_file():
+            raise FileNotFoundError(f"nothing to resume: {checkpoint_path} does not exist")
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        saved = TowerTrainingConfig(**state["config"])
+        if config is not None:
+            saved.max_minutes, saved.max_steps = config.max_minutes or saved.max_minutes, config.max_steps
+        config = saved
+    else:
+        config = config or TowerTrainingConfig()
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise FileExistsError(f"{out_dir} is not empty: pass --resume to continue the run in it, or a new --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:  # the resumed run reads it back: its stream must exclude the same sentences
+        (out_dir / HELDOUT_FILE).write_text("\n".join(heldout_texts) + "\n", encoding="utf-8")
     torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    if Path(out_dir).exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
-
-    train_texts, heldout_texts = split_heldout(texts, config.heldout, config.seed)
-    if len(train_texts) < config.batch_size:
-        raise ValueError(f"{len(train_texts)} training sentences is fewer than one batch of {config.batch_size}")
-    timings = {}
-    started = time.perf_counter()
-    styles = ["figstep" if rng.random() < config.figstep_fraction else "plain" for _ in train_texts]
-    renders = torch.from_numpy(render_many(train_texts, styles, config.image_size, config.render_workers)).to(device)
-    timings["render_s"] = time.perf_counter() - started
-    text_embeddings = encode_texts(text_encoder, train_texts).to(device)
-    timings["encode_texts_s"] = time.perf_counter() - started - timings["render_s"]
 
     tower_config = lit_tower_config(image_size=config.image_size, **config.tower)
-    if tower_config.projection_dim != text_embeddings.shape[1]:
+    word_embeddings = text_encoder[0].auto_model.embeddings.word_embeddings.weight.detach().float().to(device)
+    if tower_config.projection_dim != word_embeddings.shape[1]:
         raise ValueError(
-            f"projection_dim {tower_config.projection_dim} != text embedding size {text_embeddings.shape[1]}"
+            f"projection_dim {tower_config.projection_dim} != text embedding size {word_embeddings.shape[1]}"
         )
     tower = CLIPVisionModelWithProjection(tower_config).to(device).train()
+    heads = ReadingHeads(tower_config.hidden_size, word_embeddings.shape[1]).to(device).train()
     # Learnable temperature as in CLIP, stored as log(1 / T) and clamped at 100 like CLIP's logit scale.
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / config.initial_temperature), device=device))
     optimizer = torch.optim.AdamW(
-        [{"params": tower.parameters()}, {"params": [logit_scale], "weight_decay": 0.0}],
+        [{"params": [*tower.parameters(), *heads.parameters()]}, {"params": [logit_scale], "weight_decay": 0.0}],
         lr=config.learning_rate,
         weight_decay=config.weight_decay,
     )
-    generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    labels = torch.arange(config.batch_size, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    step, elapsed = 0, 0.0
+    if state is not None:
+        tower.load_state_dict(state["tower"])
+        heads.load_state_dict(state["heads"])
+        logit_scale.data.fill_(state["logit_scale"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed = state["step"], state["elapsed_seconds"]
+    generator = torch.Generator().manual_seed(config.seed + step)
 
-    progress = tqdm(range(config.steps), desc="train tower", unit="step")
-    loss_value = float("nan")
-    train_started = time.perf_counter()
-    steps_done = 0
-    for step in progress:
-        fraction = step / config.steps
-        if config.max_seconds is not None:
-            fraction = max(fraction, (time.perf_counter() - train_started) / config.max_seconds)
-        if fraction >= 1:
-            progress.write(f"time budget of {config.max_seconds:.0f} s reached after {step} steps: stopping")
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * warmup_cosine(fraction, config.warmup_ratio)
-        index = torch.randperm(len(train_texts), generator=generator)[: config.batch_size].to(device)
-        with autocast:
-            image_embeds = tower(pixel_values=pixel_values_from_gray(renders[index])).image_embeds
-        logits = logit_scale.exp() * F.normalize(image_embeds.float(), dim=-1) @ text_embeddings[index].T
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(tower.parameters(), 1.0)
-        optimizer.step()
-        with torch.no_grad():
-            logit_scale.clamp_(0, math.log(100))
-        steps_done = step + 1
-        if step % 10 == 0 or step == config.steps - 1:
-            loss_value = loss.item()
-            progress.set_postfix(loss=f"{loss_value:.3f}", temperature=f"{1 / logit_scale.exp().item():.4f}")
-    progress.close()
-    timings["train_s"] = time.perf_counter() - train_started
+    ranges = ranges or RenderRanges(image_size=config.image_size)
+    if ranges.image_size != config.image_size:
+        raise ValueError(f"render ranges draw {ranges.image_size}-pixel images for a {config.image_size}-pixel tower")
+    stream = TowerBatchStream(
+        mixture, text_encoder.tokenizer, config.batch_size, tower_config.patch_size, step, config.seed, ranges
+    )
+    # Rendering and target building overlap the tower's step in a worker process (num_workers=0 runs them inline).
+    loader = torch.utils.data.DataLoader(
+        stream, batch_size=None, num_workers=workers, worker_init_fn=lambda _: torch.set_num_threads(1)
+    )
+    processor = lit_image_processor(config.image_size)
+    monitor = list(heldout_texts[:256])
+    monitor_targets = None
+    max_seconds = 60 * config.max_minutes if config.max_minutes else None
+    progress = tqdm(total=config.max_steps, initial=step, desc="train tower", unit="step")
+    log = (out_dir / LOG_FILE).open("a", encoding="utf-8")
+    started = time.perf_counter() - elapsed
 
-    del renders
-    # Evaluate the weights exactly as they will be saved (rounded to `save_dtype`), computed in float32.
+    def checkpoint() -> None:
+        _save_checkpoint(
+            checkpoint_path,
+            {
+                "config": asdict(config),
+                "tower": tower.state_dict(),
+                "heads": heads.state_dict(),
+                "logit_scale": logit_scale.item(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "elapsed_seconds": time.perf_counter() - started,
+            },
+        )
+
+    try:
+        for batch in loader:
+            fraction = step / config.max_steps
+            if max_seconds is not None:
+                fraction = max(fraction, (time.perf_counter() - started) / max_seconds)
+            if fraction >= 1:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate * warmup_cosine(fraction, config.warmup_ratio)
+            # encode() runs in inference mode; a clone is an ordinary tensor autograd may keep.
+            sentence_targets = encode_texts(text_encoder, batch.texts).to(device).clone()
+            loss, metrics = reading_losses(
+                tower, heads, batch, sentence_targets, word_embeddings, config, logit_scale, generator
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([*tower.parameters(), *heads.parameters()], 1.0)
+            optimizer.step()
+            with torch.no_grad():
+                logit_scale.clamp_(0, math.log(100))
+            step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.3f}", token_acc=f"{metrics['token_acc']:.2f}")
+            record = {"step": step, "seconds": round(time.perf_counter() - started, 1), "loss": loss.item(), **metrics}
+            if step % config.eval_every == 0:
+                if monitor_targets is None:
+                    monitor_targets = encode_texts(text_encoder, monitor).cpu()
+                tower.eval()
+                images = [render_text_image(t, size=config.image_size) for t in monitor]
+                record["heldout_recall@1"] = retrieval_recall(encode_images(images, tower, processor), monitor_targets)[
+                    "recall@1"
+                ]
+                tower.train()
+                progress.write(f"step {step}: held-out {len(monitor)}-way recall@1 {record['heldout_recall@1']:.3f}")
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if step % config.checkpoint_every == 0:
+                checkpoint()
+            if step >= config.max_steps:
+                break
+    finally:
+        progress.close()
+        log.close()
+    checkpoint()
+    elapsed = time.perf_counter() - started
+    return finish_tower(out_dir, tower, heads, logit_scale, heldout_texts, text_encoder, config, step, elapsed, sources)
+
+
+def finish_tower(
+    out_dir: Path,
+    tower: CLIPVisionModelWithProjection,
+    heads: ReadingHeads,
+    logit_scale: torch.Tensor,
+    heldout_texts: Sequence[str],
+    text_encoder,
+    config: TowerTrainingConfig,
+    steps_done: int,
+    seconds: float,
+    sources: dict[str, int] | None,
+) -> dict:
+    """Evaluate the weights as they will be saved (rounded to `save_dtype`, computed in float32) on the held-out
+    sentences and write the tower folder `out_dir/tower` atomically."""
     save_dtype = getattr(torch, config.save_dtype)
     tower = tower.to(save_dtype).float().eval()
     processor = lit_image_processor(config.image_size)
-    eval_started = time.perf_counter()
     heldout = evaluate_tower(tower, processor, text_encoder, heldout_texts)
-    timings["eval_s"] = time.perf_counter() - eval_started
     metrics = {
         "config": asdict(config),
-        "tower_config": tower_config.to_diff_dict(),
-        "n_train_sentences": len(train_texts),
+        "tower_config": tower.config.to_diff_dict(),
+        "objective": "LiT InfoNCE (CLS) + per-patch WordPiece and character targets (penultimate layer)",
         "n_heldout_sentences": len(heldout_texts),
         "sources": sources or {},
         "steps_done": steps_done,
-        "seconds": timings,
-        "final_loss": loss_value,
+        "images_seen": steps_done * config.batch_size,
+        "train_seconds": round(seconds, 1),
         "final_temperature": 1 / logit_scale.exp().item(),
         "heldout_recall": heldout,
-        "device": str(device),
     }
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+    with atomic_directory(out_dir / TOWER_DIR, overwrite=True) as tmp:
         tower.to(save_dtype).save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        save_file({k: v.to(save_dtype).contiguous() for k, v in heads.state_dict().items()}, tmp / HEADS_FILE)
         (tmp / HELDOUT_FILE).write_text("\n".join(heldout_texts) + "\n", encoding="utf-8")
         (tmp / TRAINING_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return metrics
+
+
+def load_reading_heads(tower_dir: str | Path, hidden_size: int, word_dim: int) -> ReadingHeads:
+    """The training heads saved beside a tower (float32, eval mode): the word-reading probe of `tga-hf tower eval`."""
+    path = Path(tower_dir) / HEADS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the tower was not trained with reading heads")
+    heads = ReadingHeads(hidden_size, word_dim)
+    heads.load_state_dict({k: v.float() for k, v in load_file(path).items()})
+    return heads.eval()
+
+
+@torch.no_grad()
+def word_reading_accuracy(
+    tower: CLIPVisionModelWithProjection,
+    heads: ReadingHeads,
+    text_encoder,
+    texts: Sequence[str],
+    font: str = DEFAULT_FONT,
+    styles: Sequence[RenderStyle] = ("plain",),
+) -> dict[str, float]:
+    """How well the penultimate PATCH tokens name the word drawn under them: for every text patch, the nearest row
+    of MiniLM's whole word-embedding table (30,522 WordPieces) to the word head's output; top-1 / top-5 accuracy over
+    all text patches of renders of `texts`, and the share of drawn words (tokens) named by at least one patch."""
+    word_table = F.normalize(text_encoder[0].auto_model.embeddings.word_embeddings.weight.float(), dim=-1)
+    patch = tower.config.patch_size
+    processor = lit_image_processor(tower.config.image_size)
+    hits1 = hits5 = total = words_named = words_total = 0
+    for style in styles:
+        for text in texts:
+            rendered = render_text_layout(text, size=tower.config.image_size, style=style, font=font)
+            encoded = text_encoder.tokenizer(rendered.body, add_special_tokens=False, return_offsets_mapping=True)
+            targets, _ = patch_targets(
+                rendered, encoded["input_ids"], encoded["offset_mapping"], 1.0, tower.config.image_size, patch
+            )
+            pixels = processor(images=[rendered.image], return_tensors="pt")["pixel_values"]
+            hidden = tower(pixel_values=pixels.to(tower.dtype), output_hidden_states=True).hidden_states[-2][0, 1:]
+            scores = F.normalize(heads(hidden.float())[0], dim=-1) @ word_table.T
+            keep = torch.from_numpy(targets) != IGNORE_INDEX
+            target = torch.from_numpy(targets)[keep]
+            top5 = scores[keep].topk(5, dim=-1).indices
+            hits1 += int((top5[:, 0] == target).sum())
+            hits5 += int((top5 == target[:, None]).any(-1).sum())
+            total += len(target)
+            drawn = set(target.tolist())
+            words_named += len(drawn & set(top5[:, 0].tolist()))
+            words_total += len(drawn)
+    return {
+        "patch_top1": hits1 / max(total, 1),
+        "patch_top5": hits5 / max(total, 1),
+        "tokens_named": words_named / max(words_total, 1),
+        "text_patches": total,
+    }
+
+
+def heldout_sentences(mixture: SentenceMixture, n: int, seed: int) -> list[str]:
+    """`n` distinct sentences drawn from the training distribution with their own seed: the held-out set that the
+    training stream then excludes."""
+    rng = random.Random(f"heldout-{seed}")
+    seen: dict[str, None] = {}
+    for _ in range(50 * n):
+        seen.setdefault(" ".join(mixture.sample(rng).split()), None)
+        if len(seen) == n:
+            return list(seen)
+    raise ValueError(f"the mixture produced only {len(seen)} distinct sentences of {n} asked")
+
+
+__all__ = [
+    "ReadingHeads",
+    "TowerTrainingConfig",
+    "encode_texts",
+    "evaluate_tower",
+    "heldout_sentences",
+    "load_reading_heads",
+    "retrieval_recall",
+    "train_reading_tower",
+    "warmup_cosine",
+    "word_reading_accuracy",
+]
