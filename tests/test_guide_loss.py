@@ -104,3 +104,91 @@ def test_guide_loss_rejects_mismatched_shapes():
 
 def test_masked_mean_is_the_modeling_one():
     assert masked_mean is modeling_masked_mean
+
+
+def reference_content_guide_loss(image, caption, retrieved, has_retrieved, objective, temperature):
+    """float64 per-sample reference of the content-aware objectives ("centered", "contrastive")."""
+    num_layers, batch, _ = image.shape
+    image, caption = image.double(), caption.double()
+    retrieved = None if retrieved is None else retrieved.double()
+
+    def cos(a, b):
+        return float(a @ b / max(a.norm() * b.norm(), 1e-8))
+
+    total = 0.0
+    for layer in range(num_layers):
+        i_all, c_all = image[layer], caption[layer]
+        r_all = None if retrieved is None else retrieved[layer]
+        if objective == "centered":
+            common = c_all.mean(dim=0)
+            i_all, c_all = i_all - common, c_all - common
+            r_all = None if r_all is None else r_all - common
+        for sample in range(batch):
+            cos_ic = cos(i_all[sample], c_all[sample])
+            if objective == "contrastive":
+                logits = [cos(i_all[sample], c_all[other]) / temperature for other in range(batch)]
+                term = -(logits[sample] - math.log(sum(math.exp(x) for x in logits)))
+            else:
+                term = -cos_ic
+            if r_all is not None and has_retrieved[sample]:
+                term += math.log1p(math.exp(-(cos_ic - cos(r_all[sample], c_all[sample]))))
+            total += term
+    return total / (num_layers * batch)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    objective=st.sampled_from(["centered", "contrastive"]),
+    num_layers=st.integers(1, 3),
+    batch=st.integers(2, 5),
+    hidden=st.integers(2, 12),
+    with_retrieved=st.booleans(),
+    temperature=st.sampled_from([0.05, 0.1, 1.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_content_objectives_match_float64_reference(
+    objective, num_layers, batch, hidden, with_retrieved, temperature, seed
+):
+    generator = torch.Generator().manual_seed(seed)
+    # A large shared component, as real hidden states have: the case the content-aware objectives exist for.
+    common = 6 * torch.randn(hidden, generator=generator)
+    image, caption, retrieved = (common + torch.randn(num_layers, batch, hidden, generator=generator) for _ in "icr")
+    has_retrieved = torch.arange(batch) % 2 == 0
+    out = guide_loss(
+        image,
+        caption,
+        retrieved if with_retrieved else None,
+        has_retrieved if with_retrieved else None,
+        objective=objective,
+        temperature=temperature,
+    )
+    expected = reference_content_guide_loss(
+        image, caption, retrieved if with_retrieved else None, has_retrieved, objective, temperature
+    )
+    assert out.loss.item() == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    # The logged cosine stays the raw cos(I, C) whatever the objective.
+    raw = torch.nn.functional.cosine_similarity(image, caption, dim=-1).mean(dim=1)
+    torch.testing.assert_close(out.cos_image_caption, raw)
+
+
+def test_content_objectives_prefer_the_own_caption_where_the_paper_loss_cannot_tell():
+    # Captions share a dominant direction (norm 10 vs 1 of content). Pairing each image with the OTHER caption
+    # costs the paper loss 0.01; the content-aware losses charge clearly more for it.
+    common = torch.tensor([10.0, 0, 0])
+    captions = torch.stack([common + torch.tensor([0, 1.0, 0]), common + torch.tensor([0, 0, 1.0])]).unsqueeze(0)
+
+    def gap(objective):
+        swapped = guide_loss(captions.flip(1), captions, None, objective=objective).loss
+        return (swapped - guide_loss(captions, captions, None, objective=objective).loss).item()
+
+    assert 0 < gap("paper") < 0.02
+    assert gap("centered") > 1.5  # -cos flips from -1 to +1 once the shared part is removed
+    assert gap("contrastive") > 5 * gap("paper")
+
+
+def test_content_objectives_reject_single_sample_batches_and_unknown_names():
+    states = torch.randn(1, 1, 4)
+    with pytest.raises(ValueError, match="batch size >= 2"):
+        guide_loss(states, states, None, objective="contrastive")
+    with pytest.raises(ValueError, match="objective must be one of"):
+        guide_loss(states, states, None, objective="cosine")

@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -283,6 +284,10 @@ def test_trainer_rejects_bad_settings(tmp_path):
         )
     with pytest.raises(ValueError, match="guide_schedule"):
         make_args(tmp_path, guide_schedule="cosine")
+    with pytest.raises(ValueError, match="guide_objective"):
+        make_args(tmp_path, guide_objective="cosine")
+    with pytest.raises(ValueError, match="guide_temperature"):
+        make_args(tmp_path, guide_objective="contrastive", guide_temperature=0.0)
     with pytest.raises(TypeError, match="guide_hidden_states"):
         TGATrainer(model.model.language_model, args=make_args(tmp_path), train_dataset=rows, processing_class=processor)
 
@@ -337,3 +342,14 @@ def test_guide_metrics_survive_a_short_last_batch(tmp_path):
     logged = [entry for entry in trainer.state.log_history if "guide_loss" in entry]
     assert len(logged) == 3
     assert all(f"cos_image_caption/{layer}" in logged[-1] for layer in (1, 2, 3))
+
+
+@pytest.mark.parametrize("objective", ["centered", "contrastive"])
+def test_content_aware_objectives_train_and_log_the_raw_cosine(tmp_path, objective):
+    model, processor = tiny_tga_llava(guide_layers=[1, 2])
+    args = make_args(tmp_path, max_steps=2, guide_objective=objective, guide_loss_weight=1.0)
+    trainer = TGATrainer(model, args=args, train_dataset=Dataset.from_list(make_rows(4)), processing_class=processor)
+    trainer.train()
+    logged = [row for row in trainer.state.log_history if "guide_loss" in row]
+    assert logged and all(math.isfinite(row["guide_loss"]) for row in logged)
+    assert all(-1 <= row["cos_image_caption/1"] <= 1 for row in logged)

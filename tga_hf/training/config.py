@@ -4,6 +4,8 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from .guide_loss import GUIDE_OBJECTIVES
+
 GUIDE_SCHEDULES = ("constant", "progress")
 
 
@@ -25,6 +27,13 @@ class TGAConfig(SFTConfig):
         guide_schedule (`str`, *optional*, defaults to `"constant"`):
             `"constant"`: the paper's loss. `"progress"`: the public reference code's schedule, weighting the image
             term by (1-p)/4 and the pair term by (1-p)^2/10 at training progress p = step / max_steps.
+        guide_objective (`str`, *optional*, defaults to `"paper"`):
+            `"paper"`: the paper's loss. `"centered"`: the same on states with the batch's mean caption state
+            removed. `"contrastive"`: in-batch InfoNCE of image vs caption states (`guide_temperature`) plus the
+            paper's pair term. The last two reward an image for matching ITS caption rather than text in general
+            (both need per-device batch size >= 2).
+        guide_temperature (`float`, *optional*, defaults to `0.1`):
+            Temperature of the `"contrastive"` objective.
         train_projector_only (`bool`, *optional*, defaults to `False`):
             Stage 1 (pre-training): only the multi-modal projector trains; vision tower and LLM are frozen.
         freeze_vision_tower (`bool`, *optional*, defaults to `True`):
@@ -52,6 +61,10 @@ class TGAConfig(SFTConfig):
         default="constant",
         metadata={"help": "'constant' (paper) or 'progress' (reference code's (1-p)/4 and (1-p)^2/10 weights)."},
     )
+    guide_objective: str = field(
+        default="paper", metadata={"help": "'paper', 'centered' or 'contrastive' (content-aware variants)."}
+    )
+    guide_temperature: float = field(default=0.1, metadata={"help": "Temperature of the 'contrastive' objective."})
     train_projector_only: bool = field(
         default=False, metadata={"help": "Stage 1: train the projector only (vision tower and LLM frozen)."}
     )
@@ -76,6 +89,10 @@ class TGAConfig(SFTConfig):
             raise ValueError("guide_layers must be 'auto' or a non-empty list of hidden-state indices")
         if self.guide_warmup_steps < 0:
             raise ValueError(f"guide_warmup_steps must be >= 0, got {self.guide_warmup_steps}")
+        if self.guide_objective not in GUIDE_OBJECTIVES:
+            raise ValueError(f"guide_objective must be one of {GUIDE_OBJECTIVES}, got {self.guide_objective!r}")
+        if not self.guide_temperature > 0:
+            raise ValueError(f"guide_temperature must be > 0, got {self.guide_temperature}")
         if self.guide_schedule not in GUIDE_SCHEDULES:
             raise ValueError(f"guide_schedule must be one of {GUIDE_SCHEDULES}, got {self.guide_schedule!r}")
 

@@ -180,7 +180,16 @@ class TGATrainer(SFTTrainer):
         caption_states = self._teacher_states(model, tga_model, guide_inputs)
 
         weight, image_weight, pair_weight = self.current_guide_weights()
-        guide = guide_loss(image_states, caption_states, retrieved_states, has_retrieved, image_weight, pair_weight)
+        guide = guide_loss(
+            image_states,
+            caption_states,
+            retrieved_states,
+            has_retrieved,
+            image_weight,
+            pair_weight,
+            objective=self.args.guide_objective,
+            temperature=self.args.guide_temperature,
+        )
         # Like TRL's MoE aux loss: with `num_items_in_batch`, Trainer leaves gradient accumulation to the loss, so a
         # per-micro-batch mean is averaged over the accumulation steps here. DDP averages it across ranks.
         steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None and model.training else 1
