@@ -459,3 +459,34 @@ def test_safety_layers_on_smollm2():
     both = default["activation_layer"].notna() & sorry["activation_layer"].notna()
     assert (default.loc[both, "activation_layer"] <= sorry.loc[both, "activation_layer"]).all()
     assert sorry["activation_layer"].isna()[default["activation_layer"].isna()].all()
+
+
+def test_centered_content_gap_sees_content_that_the_raw_cosine_hides():
+    from tga_hf.eval.analyses.cosine import centered_content_gap
+
+    generator = torch.Generator().manual_seed(0)
+    common = 6 * torch.randn(1, 2, 32, generator=generator)  # shared part 6x the per-sample part
+    captions = common + torch.randn(20, 2, 32, generator=generator)
+    perfect = centered_content_gap(captions.clone(), captions)
+    # A perfectly aligned image reaches exactly the text-to-text ceiling.
+    np.testing.assert_allclose(perfect.cosine, 1.0, atol=1e-9)
+    np.testing.assert_allclose(
+        perfect.cosine.mean(0) - perfect.other_caption.mean(0), perfect.text_reference_gap, atol=1e-9
+    )
+    assert (perfect.text_reference_gap > 0.9).all()
+    raw = torch.nn.functional.normalize(captions, dim=-1)
+    raw_other = torch.einsum("ilh,jlh->lij", raw, raw)
+    assert (1 - (raw_other.sum(2) - 1) / 19).mean() < 0.1  # the raw gap ceiling is small here
+    # Images that carry no content (the common part only plus noise) have no centered gap.
+    blind = centered_content_gap(common + torch.randn(20, 2, 32, generator=generator), captions)
+    assert abs(float((blind.cosine - blind.other_caption).mean())) < 0.1
+    with pytest.raises(ValueError, match="pairs >= 2"):
+        centered_content_gap(captions[:1], captions[:1])
+
+
+def test_image_text_cosine_reports_the_centered_gap(tiny, images):
+    model, processor = tiny
+    result = image_text_cosine(model, processor, images, TOXIC[: len(images)])
+    frame = result.per_layer()
+    assert {"mean_centered_cosine", "centered_gap", "text_reference_gap"} <= set(frame.columns)
+    assert result.centered.cosine.shape == result.cosine.shape

@@ -118,7 +118,12 @@ def _band_cosine_lines(report: dict) -> list[str]:
             lines.append(f"- {arm}: {own:.3f}")
             continue
         other = sum(per_layer["mean_cosine_other_caption"][i] for i in inside) / len(inside)
-        lines.append(f"- {arm}: {own:.3f} / {other:.3f} (content gap {own - other:+.3f})")
+        line = f"- {arm}: {own:.3f} / {other:.3f} (content gap {own - other:+.3f}"
+        if "centered_gap" in per_layer:
+            centered = sum(per_layer["centered_gap"][i] for i in inside) / len(inside)
+            ceiling = sum(per_layer["text_reference_gap"][i] for i in inside) / len(inside)
+            line += f"; on centered states {centered:+.3f}, text-to-text ceiling {ceiling:+.3f}"
+        lines.append(line + ")")
     return lines
 
 
