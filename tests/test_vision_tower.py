@@ -7,6 +7,7 @@ from transformers import CLIPVisionModel, CLIPVisionModelWithProjection
 
 from tga_hf.cli import build_parser
 from tga_hf.data import render_text_image
+from tga_hf.fileio import MANIFEST
 from tga_hf.vision_tower import (
     TowerTrainingConfig,
     benign_sentences,
@@ -143,7 +144,7 @@ def test_train_writes_a_plain_hf_tower(tmp_path):
     metrics = train_lit_tower(texts, HashTextEncoder(), out, _tiny_config(), device="cpu")
 
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["config.json", "model.safetensors", "preprocessor_config.json", HELDOUT_FILE, TRAINING_FILE]
+        ["config.json", "model.safetensors", "preprocessor_config.json", HELDOUT_FILE, TRAINING_FILE, MANIFEST]
     )
     heldout = (out / HELDOUT_FILE).read_text().splitlines()
     assert len(heldout) == 6 and set(heldout) <= set(texts)

@@ -3,10 +3,8 @@ encoder's space. This is the `r` of TGA's `Retrieved Text: {r}. <image>` prompt,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -15,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..fileio import atomic_directory, sha256_file
 from .corpus import Corpus
 from .encoder import describe_encoder, embed, load_encoder, require_retrieval_dependencies
 from .index import IndexSpec, Storage, build_index
@@ -152,17 +151,15 @@ class TextRetriever:
         ]
 
     def save(self, directory: str | os.PathLike, include_encoder: bool = False) -> Path:
-        """Write `index.faiss`, `texts.parquet` and `retriever_config.json` to `directory` (replacing a retriever
-        saved there before). With `include_encoder` the encoder goes to `directory/encoder` and the folder is
-        self-contained. Written to a temporary folder first: a failure leaves nothing half-written."""
+        """Write `index.faiss`, `texts.parquet` and `retriever_config.json` to `directory`. With `include_encoder`
+        the encoder goes to `directory/encoder` and the folder is self-contained.
+
+        Written to a hidden sibling folder and renamed into place (`tga_hf.fileio.atomic_directory`): a failure
+        leaves nothing half-written. An existing `directory` is replaced only when it is empty or an unchanged
+        earlier save (its `tga_hf_manifest.json` lists every file in it); otherwise `NotOurOutputError` names it."""
         import faiss
 
-        directory = Path(directory)
-        if directory.exists() and any(directory.iterdir()) and not (directory / CONFIG_NAME).is_file():
-            raise FileExistsError(f"{directory} holds other files: save a retriever into an empty or new folder")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-        try:
+        with atomic_directory(directory, overwrite=True, kind="retriever") as staging:
             faiss.write_index(self.index, str(staging / INDEX_NAME))
             self.corpus.save(staging / TEXTS_NAME)
             source = dict(self.encoder_source)
@@ -180,15 +177,10 @@ class TextRetriever:
                 "sources": dict(Counter(self.corpus.sources)),
                 "texts_sha256": self.corpus.sha256(),
                 "index_bytes": (staging / INDEX_NAME).stat().st_size,
-                "index_sha256": _file_sha256(staging / INDEX_NAME),
+                "index_sha256": sha256_file(staging / INDEX_NAME),
             }
             (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-            if directory.exists():
-                shutil.rmtree(directory)
-            staging.rename(directory)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return directory
+        return Path(directory)
 
     @classmethod
     def load(
@@ -224,7 +216,7 @@ class TextRetriever:
                 raise RetrievalIndexError(
                     f"{index_file} is {size} bytes, {config['index_bytes']} were written: truncated or replaced"
                 )
-            if _file_sha256(index_file) != config["index_sha256"]:
+            if sha256_file(index_file) != config["index_sha256"]:
                 raise RetrievalIndexError(f"{index_file} does not match the sha256 recorded in {CONFIG_NAME}")
         try:
             index = faiss.read_index(str(index_file))
@@ -340,11 +332,3 @@ def _load_recorded_encoder(directory: Path, source: dict[str, Any]) -> SentenceT
             f"cannot re-create the encoder recorded in {directory / CONFIG_NAME} ({source}): {error}. Pass encoder= "
             "or save the retriever with include_encoder=True"
         ) from error
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

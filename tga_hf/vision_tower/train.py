@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPVisionModelWithProjection
 
 from ..data.render import RenderStyle, render_text_image
-from ..fileio import atomic_directory
+from ..fileio import atomic_directory, check_replaceable
 from .model import (
     encode_images,
     lit_image_processor,
@@ -186,8 +186,10 @@ def train_lit_tower(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    if Path(out_dir).exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
+    if Path(out_dir).exists():
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
+        check_replaceable(out_dir)  # before hours of training, not after
 
     train_texts, heldout_texts = split_heldout(texts, config.heldout, config.seed)
     if len(train_texts) < config.batch_size:
@@ -269,7 +271,7 @@ def train_lit_tower(
         "heldout_recall": heldout,
         "device": str(device),
     }
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite, kind="lit-tower") as tmp:
         tower.to(save_dtype).save_pretrained(tmp)
         processor.save_pretrained(tmp)
         (tmp / HELDOUT_FILE).write_text("\n".join(heldout_texts) + "\n", encoding="utf-8")

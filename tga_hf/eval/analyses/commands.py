@@ -3,13 +3,13 @@ the tiny random model) and write its table(s), a JSON summary and a PNG plot int
 
 import argparse
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from ...fileio import write_text_atomic
 from ...modeling import DEFAULT_REFUSAL_FAMILY
 from . import plots
 from ._common import Window, WindowSweep
@@ -121,9 +121,7 @@ def parse_families(specs: list[str] | None) -> dict[str, list[str]]:
 
 def write_text(path: Path, text: str) -> None:
     """Write via a temporary name and rename, so an interrupted run leaves no half-written file."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    write_text_atomic(path, text)
 
 
 def write_json(path: Path, payload: Any) -> None:
