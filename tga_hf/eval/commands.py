@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,6 +68,16 @@ def load_model(path: str, device: str, dtype: str, gguf_file: str | None = None,
     return load_any_model(path, trust_remote_code=trust_remote_code, gguf_file=gguf_file, dtype=dtype, device=device)
 
 
+def check_writable(folder: Path) -> None:
+    """Create `folder` if needed and write a probe file into it; SystemExit naming the folder when that fails."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise SystemExit(f"tga-hf eval: cannot write to --out {folder}: {error.strerror or error}") from None
+
+
 def _attach_retriever(processor, model_path: str, retriever_path: str | None) -> bool:
     """Attach `retriever_path` (or the model's own `retrieval/` folder) to the processor; whether one is attached."""
     if getattr(processor, "retriever", None) is not None:
@@ -97,6 +108,7 @@ def _judge_records(judge: RefusalJudge, records: Sequence[dict]) -> list[Verdict
 def run_eval(args: argparse.Namespace) -> dict:
     """Generate (or re-read with --responses), judge, and write the report; returns the report dict."""
     out = Path(args.out)
+    check_writable(out)  # before loading and generating: a failure at the end would lose every response
     model = processor = None
     multimodal = False
     if args.model:
