@@ -168,6 +168,7 @@ def load_model(
     ```
     """
     from transformers import (
+        AutoConfig,
         AutoModelForCausalLM,
         AutoModelForImageTextToText,
         AutoProcessor,
@@ -191,8 +192,6 @@ def load_model(
             f"{source}: config.json names model type {model_type!r} with its own code (auto_map "
             f"{sorted(auto_map)}); it runs only with --trust-remote-code (trust_remote_code=True)"
         )
-    from transformers import AutoConfig
-
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
     multimodal = type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING or (
         trust_remote_code and "AutoModelForImageTextToText" in (getattr(config, "auto_map", None) or {})
