@@ -177,7 +177,8 @@ def test_index_card_and_index_repository(tmp_path):
     assert "| `encoder/` |" in card.content and "me/tga" in card.content
 
     folder = export_index(StandInRetriever(TEXTS), tmp_path / "index", repo_id="me/tga-index")
-    assert sorted(path.name for path in folder.iterdir()) == ["README.md", "retriever_config.json", "texts.json"]
+    expected = ["README.md", "retriever_config.json", "texts.json", "tga_hf_manifest.json"]
+    assert sorted(path.name for path in folder.iterdir()) == expected
     loaded = DatasetCard.load(folder / "README.md", ignore_metadata_errors=False)
     assert loaded.data.size_categories == ["n<1K"]
     assert StandInRetriever.load(folder).texts == TEXTS

@@ -16,6 +16,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 
 import tga_hf
 from tga_hf import cli
+from tga_hf.fileio import NotOurOutputError
 from tga_hf.hub import commands, export
 from tga_hf.hub import loading as hub_loading
 
@@ -84,6 +85,7 @@ def test_folder_is_a_complete_repository(exported):
         "retrieval/texts.json",
         "tokenizer.json",
         "tokenizer_config.json",
+        "tga_hf_manifest.json",
     }
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map["AutoConfig"] == "configuration_tga_llava.TGALlavaConfig"
@@ -187,12 +189,18 @@ def test_readme_snippet_loads_by_repo_id_offline_in_a_fresh_process(exported, tm
 def test_existing_folder_is_refused_unless_overwrite(tmp_path):
     out = tmp_path / "repo"
     out.mkdir()
-    (out / "stale.txt").write_text("old")
+    (out / "notes.txt").write_text("mine")
     model, processor = tiny_model()
     with pytest.raises(FileExistsError, match="overwrite=True"):
         export(model, processor, out)
-    export(model, processor, out, overwrite=True)
-    assert not (out / "stale.txt").exists() and (out / "config.json").is_file()
+    # Not an earlier export: even with overwrite=True the user's folder stays as it was.
+    with pytest.raises(NotOurOutputError, match=f"refusing to replace {out}: it is not a folder written by tga-hf"):
+        export(model, processor, out, overwrite=True)
+    assert [path.name for path in out.iterdir()] == ["notes.txt"]
+    (out / "notes.txt").unlink()
+    export(model, processor, out, overwrite=True)  # an empty folder holds nothing to lose
+    export(model, processor, out, overwrite=True)  # an earlier export is replaced
+    assert (out / "config.json").is_file()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["repo"]
 
 

@@ -146,7 +146,7 @@ def test_failed_save_leaves_nothing_behind(retriever, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="holds other files"):
+    with pytest.raises(FileExistsError, match="refusing to replace .*other: it is not a folder written by tga-hf"):
         retriever.save(tmp_path / "other")
 
 

@@ -8,6 +8,7 @@ from transformers import CLIPVisionModel, CLIPVisionModelWithProjection
 from tga_hf.cli import build_parser
 from tga_hf.data import render_text_image
 from tga_hf.data.render import render_text_layout
+from tga_hf.fileio import MANIFEST
 from tga_hf.vision_tower import (
     SentenceMixture,
     TowerBatchStream,
@@ -202,7 +203,15 @@ def test_train_writes_a_plain_hf_tower_and_resumes(tmp_path, text_encoder):
     assert sorted(p.name for p in out.iterdir()) == sorted([CHECKPOINT_FILE, HELDOUT_FILE, LOG_FILE, TOWER_DIR])
     tower_dir = out / TOWER_DIR
     assert sorted(p.name for p in tower_dir.iterdir()) == sorted(
-        ["config.json", "model.safetensors", "preprocessor_config.json", HEADS_FILE, HELDOUT_FILE, TRAINING_FILE]
+        [
+            "config.json",
+            "model.safetensors",
+            "preprocessor_config.json",
+            HEADS_FILE,
+            HELDOUT_FILE,
+            TRAINING_FILE,
+            MANIFEST,
+        ]
     )
     saved = json.loads((tower_dir / TRAINING_FILE).read_text())
     assert saved["steps_done"] == 3 and saved["images_seen"] == 12 and saved["n_heldout_sentences"] == 6

@@ -95,10 +95,10 @@ def _fake_conversion(monkeypatch):
 
     def convert(gguf_file, out_dir, dtype):
         calls.append(out_dir)
-        with weights.atomic_directory(out_dir, overwrite=True) as tmp:
+        source = {"gguf": "fake.gguf"}
+        with weights.atomic_directory(out_dir, overwrite=True, checksums=True, source=source) as tmp:
             (tmp / "model.safetensors").write_bytes(b"weights" * 100)
             (tmp / "config.json").write_text("{}")
-            weights._write_manifest(tmp, {"gguf": "fake.gguf"})
         return out_dir
 
     monkeypatch.setattr(weights, "gguf_path", lambda name, allow_download=True: "fake.gguf")

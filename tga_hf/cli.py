@@ -26,8 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    """Run one sub-command. Errors the user can fix (a missing model folder, remote code not trusted, incomplete
+    weights, an output folder that is not ours to replace) end with one line on stderr and exit status 2."""
+    from .fileio import NotOurOutputError
+    from .hub.loading import ModelLoadError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ModelLoadError, NotOurOutputError) as error:
+        parser.exit(2, f"tga-hf {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -105,5 +105,6 @@ def compose(
         num_additional_image_tokens=num_additional_image_tokens,
         retrieval_template=config.retrieval_template,
         retrieval_top_k=config.retrieval_top_k,
+        max_retrieved_tokens=config.max_retrieved_tokens,
     )
     return model, processor

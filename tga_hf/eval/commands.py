@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,36 +60,22 @@ def safety_items(args: argparse.Namespace) -> list[EvalItem]:
     return sources.with_modalities(items, args.modalities.split(","))
 
 
-def load_model(path: str, device: str, dtype: str, gguf_file: str | None = None):
-    """(model, processor, is_multimodal): an image-text-to-text model with its processor, or else a causal LM with
-    its tokenizer (then only text items can be evaluated)."""
-    import torch
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForImageTextToText,
-        AutoProcessor,
-        AutoTokenizer,
-    )
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+def load_model(path: str, device: str, dtype: str, gguf_file: str | None = None, trust_remote_code: bool = False):
+    """(model, processor, is_multimodal): `tga_hf.hub.loading.load_model` (an image-text-to-text model with its
+    processor, or else a causal LM with its tokenizer: then only text items can be evaluated)."""
+    from ..hub.loading import load_model as load_any_model
 
-    import tga_hf  # noqa: F401  registers tga_llava with the Auto classes
+    return load_any_model(path, trust_remote_code=trust_remote_code, gguf_file=gguf_file, dtype=dtype, device=device)
 
-    extra = {"gguf_file": gguf_file} if gguf_file else {}
-    config = AutoConfig.from_pretrained(path, trust_remote_code=True, **extra)
-    torch_dtype = getattr(torch, dtype)
-    multimodal = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES or "AutoModelForImageTextToText" in (
-        getattr(config, "auto_map", None) or {}
-    )
-    if multimodal:
-        model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True, dtype=torch_dtype)
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch_dtype, **extra)
-        processor = AutoTokenizer.from_pretrained(path, trust_remote_code=True, **extra)
-        if processor.pad_token is None:
-            processor.pad_token = processor.eos_token
-    return model.to(device).eval(), processor, multimodal
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` if needed and write a probe file into it; SystemExit naming the folder when that fails."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise SystemExit(f"tga-hf eval: cannot write to --out {folder}: {error.strerror or error}") from None
 
 
 def _attach_retriever(processor, model_path: str, retriever_path: str | None) -> bool:
@@ -121,10 +108,13 @@ def _judge_records(judge: RefusalJudge, records: Sequence[dict]) -> list[Verdict
 def run_eval(args: argparse.Namespace) -> dict:
     """Generate (or re-read with --responses), judge, and write the report; returns the report dict."""
     out = Path(args.out)
+    check_writable(out)  # before loading and generating: a failure at the end would lose every response
     model = processor = None
     multimodal = False
     if args.model:
-        model, processor, multimodal = load_model(args.model, args.device, args.dtype, args.gguf_file)
+        model, processor, multimodal = load_model(
+            args.model, args.device, args.dtype, args.gguf_file, args.trust_remote_code
+        )
     elif args.responses is None:
         raise SystemExit("tga-hf eval: pass --model (to generate) or --responses (to re-judge saved responses)")
     generation = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "do_sample": False}
@@ -249,7 +239,9 @@ def _judge_calibration(args: argparse.Namespace) -> int:
     if args.probe:
         if not args.model:
             raise SystemExit("--probe needs --model: the probe reads that model's hidden states")
-        model, processor, _ = load_model(args.model, args.device, args.dtype, args.gguf_file)
+        model, processor, _ = load_model(
+            args.model, args.device, args.dtype, args.gguf_file, getattr(args, "trust_remote_code", False)
+        )
         probe = ProbeRefusalJudge.load(args.probe, model, _tokenizer(processor))
         results["probe"] = judge_calibration(probe, rows)
         _print_calibration(results["probe"])
@@ -262,7 +254,9 @@ def _judge_calibration(args: argparse.Namespace) -> int:
 
 
 def _fit_probe(args: argparse.Namespace) -> int:
-    model, processor, _ = load_model(args.model, args.device, args.dtype, args.gguf_file)
+    model, processor, _ = load_model(
+        args.model, args.device, args.dtype, args.gguf_file, getattr(args, "trust_remote_code", False)
+    )
     texts, labels = probe_training_texts()
     probe = ProbeRefusalJudge.fit(model, _tokenizer(processor), texts, labels, layer=args.layer, C=args.C)
     probe.metadata["model"] = args.model + (f"::{args.gguf_file}" if args.gguf_file else "")
@@ -277,6 +271,11 @@ def _fit_probe(args: argparse.Namespace) -> int:
 def _add_model_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--model", required=required, help="model folder (image-text-to-text, or a causal LM)")
     parser.add_argument("--gguf-file", help="GGUF file name inside --model (causal LMs shipped as GGUF)")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow --model's own Python code (auto_map) to run; TGA-LLaVA folders never need it",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
 

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.sources import EvalItem
+from ..fileio import atomic_file
 
 RENDER_SIZE = 336  # typographic images are rendered at CLIP-L/336 resolution; the processor resizes them
 
@@ -139,14 +140,11 @@ def generate_responses(
 
 
 def write_jsonl(records: Sequence[dict], path: str | Path) -> Path:
-    """Write records as JSON lines, atomically."""
+    """Write records as JSON lines, atomically (`tga_hf.fileio.atomic_file`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("w", encoding="utf-8") as handle:
+    with atomic_file(path) as partial, partial.open("w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    partial.replace(path)
     return path
 
 

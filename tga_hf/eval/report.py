@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
+from ..fileio import write_text_atomic
 from .judges import Verdict
 from .metrics import refusal_rates, utility_scores
 
@@ -259,7 +260,5 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
     report["files"]["plots"] = [path.name for path in plots]
     report["files"]["markdown"] = "report.md"
     (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
-    partial = out_dir / "report.json.partial"
-    partial.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    partial.replace(out_dir / "report.json")
+    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return {"json": out_dir / "report.json", "markdown": out_dir / "report.md", **{p.stem: p for p in plots}}

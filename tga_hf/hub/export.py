@@ -108,7 +108,8 @@ def export(
     Args:
         model: a `TGALlavaForConditionalGeneration` (peft adapters merged).
         processor: its `TGALlavaProcessor`.
-        out_dir: the folder to create (it must not exist unless `overwrite=True`).
+        out_dir: the folder to create. It must not exist unless `overwrite=True`, and even then only an earlier
+            export (its `tga_hf_manifest.json` lists every file in it) or an empty folder is replaced.
         retriever: an object with `save(dir)` (e.g. `tga_hf.retrieval.TextRetriever`), written to `retrieval/`;
             defaults to the retriever attached to the processor, if any.
         report: the evaluation report (dict or path to its JSON) the card's numbers come from.
@@ -133,7 +134,7 @@ def export(
     out_dir = Path(out_dir).absolute()
     repo_id = repo_id or out_dir.name
 
-    with atomic_directory(out_dir, overwrite=overwrite) as folder:
+    with atomic_directory(out_dir, overwrite=overwrite, kind="tga-llava-export") as folder:
         steps = tqdm(total=4, desc=f"export {out_dir.name}", unit="step")
         with steps:
             steps.set_postfix_str("weights")
@@ -191,7 +192,7 @@ def export_index(
     """Write a retrieval index as its own Hub dataset repository: the retriever's files plus a dataset card.
     Push it with `push(out_dir, repo_id, repo_type="dataset")`."""
     out_dir = Path(out_dir).absolute()
-    with atomic_directory(out_dir, overwrite=overwrite) as folder:
+    with atomic_directory(out_dir, overwrite=overwrite, kind="retrieval-index-export") as folder:
         index_dir = folder / "index"
         save_retriever(retriever, index_dir, include_encoder)
         for path in index_dir.iterdir():

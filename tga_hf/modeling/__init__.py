@@ -6,9 +6,9 @@ Importing this package registers the classes with the Auto* factories in-process
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-from .configuration_tga_llava import DEFAULT_REFUSAL_FAMILY, TGALlavaConfig
+from .configuration_tga_llava import DEFAULT_MAX_RETRIEVED_TOKENS, DEFAULT_REFUSAL_FAMILY, TGALlavaConfig
 from .modeling_tga_llava import TGALlavaForConditionalGeneration, TGALlavaModel, final_norm, masked_mean
-from .processing_tga_llava import DEFAULT_RETRIEVAL_TEMPLATE, TGALlavaProcessor
+from .processing_tga_llava import DEFAULT_RETRIEVAL_TEMPLATE, CleanedText, TGALlavaProcessor, clean_untrusted_text
 
 AutoConfig.register(TGALlavaConfig.model_type, TGALlavaConfig, exist_ok=True)
 AutoModel.register(TGALlavaConfig, TGALlavaModel, exist_ok=True)
@@ -21,12 +21,15 @@ TGALlavaForConditionalGeneration.register_for_auto_class("AutoModelForImageTextT
 TGALlavaProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
+    "CleanedText",
+    "DEFAULT_MAX_RETRIEVED_TOKENS",
     "DEFAULT_REFUSAL_FAMILY",
     "DEFAULT_RETRIEVAL_TEMPLATE",
     "TGALlavaConfig",
     "TGALlavaForConditionalGeneration",
     "TGALlavaModel",
     "TGALlavaProcessor",
+    "clean_untrusted_text",
     "final_norm",
     "masked_mean",
 ]

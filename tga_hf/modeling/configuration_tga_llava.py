@@ -1,5 +1,6 @@
 """TGA-LLaVA model configuration."""
 
+import math
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
@@ -19,6 +20,10 @@ DEFAULT_REFUSAL_FAMILY = [
     "Désolé",
     "抱歉",
 ]
+
+# Token cap of a retrieved text in the prompt: a caption or snippet takes 20-60 tokens; 128 leaves room for top-k > 1
+# and stops one huge index entry from turning into a prompt of hundreds of thousands of tokens.
+DEFAULT_MAX_RETRIEVED_TOKENS = 128
 
 # The official code guides hidden-state indices 10..18 of a 32-layer LLM; "auto" scales that band to the depth of the
 # LLM at hand until the safety-activation analysis has written a measured band into `safety_layer_band`.
@@ -43,6 +48,10 @@ class TGALlavaConfig(LlavaConfig):
             The prefix put before the image in the first user turn; must contain `{retrieved_text}`.
         retrieval_top_k (`int`, *optional*, defaults to 1):
             Number of retrieved texts joined into the prefix.
+        max_retrieved_tokens (`int`, *optional*, defaults to 128):
+            Token cap of the retrieved text of one sample (after the top-k texts are joined); longer texts are cut.
+            `None` removes the cap. Retrieved texts and captions are always read as plain data: special-token and
+            image-token markup is removed from them (`processing_tga_llava.clean_untrusted_text`).
         refusal_family (`list[str]`, *optional*):
             Refusal openings whose first tokens mark the safety mechanism in the logit lens.
 
@@ -68,6 +77,7 @@ class TGALlavaConfig(LlavaConfig):
     guide_loss_weight: float = 1.0
     retrieval_template: str = "Retrieved Text: {retrieved_text}. "
     retrieval_top_k: int = 1
+    max_retrieved_tokens: int | None = DEFAULT_MAX_RETRIEVED_TOKENS
     refusal_family: list[str] | None = None
 
     def __post_init__(self, **kwargs):
@@ -94,8 +104,11 @@ class TGALlavaConfig(LlavaConfig):
             raise ValueError(f"retrieval_template must contain '{{retrieved_text}}', got {self.retrieval_template!r}")
         if self.retrieval_top_k < 1:
             raise ValueError(f"retrieval_top_k must be >= 1, got {self.retrieval_top_k}")
-        if self.guide_loss_weight < 0:
-            raise ValueError(f"guide_loss_weight must be >= 0, got {self.guide_loss_weight}")
+        if self.max_retrieved_tokens is not None and self.max_retrieved_tokens < 1:
+            raise ValueError(f"max_retrieved_tokens must be >= 1 or None, got {self.max_retrieved_tokens}")
+        # `not >= 0` also catches NaN, which would train into NaN while the logged loss reads 0.0
+        if not math.isfinite(self.guide_loss_weight) or not self.guide_loss_weight >= 0:
+            raise ValueError(f"guide_loss_weight must be a finite number >= 0, got {self.guide_loss_weight}")
 
     def resolved_guide_layers(self) -> list[int]:
         """The explicit, sorted hidden-state indices the guide loss uses."""
@@ -110,4 +123,4 @@ class TGALlavaConfig(LlavaConfig):
         return list(range(first, last + 1))
 
 
-__all__ = ["TGALlavaConfig", "DEFAULT_REFUSAL_FAMILY"]
+__all__ = ["TGALlavaConfig", "DEFAULT_MAX_RETRIEVED_TOKENS", "DEFAULT_REFUSAL_FAMILY"]

@@ -7,6 +7,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from ..modeling.configuration_tga_llava import DEFAULT_MAX_RETRIEVED_TOKENS
+
 
 def _build(args: argparse.Namespace) -> int:
     from sentence_transformers import SentenceTransformer
@@ -24,6 +26,11 @@ def _build(args: argparse.Namespace) -> int:
     encoder = SentenceTransformer(args.encoder)
     if args.image_tower:
         encoder = joint_encoder(encoder, args.image_tower)
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)  # tokenizer files only: no remote code
     retriever = TextRetriever.build(
         corpus,
         encoder,
@@ -31,10 +38,17 @@ def _build(args: argparse.Namespace) -> int:
         index=args.index,
         storage=args.storage,
         encoder_name_or_path=None if args.image_tower else args.encoder,
+        tokenizer=tokenizer,
+        max_text_tokens=args.max_text_tokens or None,
     )
     folder = retriever.save(args.out, include_encoder=args.include_encoder)
-    counts = ", ".join(f"{name}: {count}" for name, count in Counter(corpus.sources).items())
-    print(f"indexed {len(retriever)} texts ({counts}) with {retriever.spec.factory} -> {folder}")
+    counts = ", ".join(f"{name}: {count}" for name, count in Counter(retriever.corpus.sources).items())
+    rule = retriever.text_rule
+    print(
+        f"indexed {len(retriever)} texts ({counts}) with {retriever.spec.factory} -> {folder}; markup removed from "
+        f"{rule['texts_with_markup_removed']}, cut to {rule['max_tokens']} tokens: {rule['texts_truncated']}, "
+        f"dropped as empty: {rule['texts_dropped_empty']}"
+    )
     return 0
 
 
@@ -79,6 +93,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--storage", choices=["fp32", "fp16", "pq"], default="fp32", help="vector storage for 'auto'")
     build.add_argument("--batch-size", type=int, default=64)
+    build.add_argument(
+        "--tokenizer",
+        help="model folder or id whose tokenizer counts --max-text-tokens and whose special tokens are removed "
+        "(best: the LVLM's; default: the encoder's)",
+    )
+    build.add_argument(
+        "--max-text-tokens", type=int, default=DEFAULT_MAX_RETRIEVED_TOKENS, help="cut longer texts; 0: no cap"
+    )
     build.add_argument("--include-encoder", action="store_true", help="copy the encoder into the folder")
     build.set_defaults(func=_build)
 

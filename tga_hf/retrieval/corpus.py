@@ -73,10 +73,19 @@ class Corpus:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Corpus:
+        """Read a corpus saved by `save`; ValueError naming the file and the rows when a text or source is null."""
         import pyarrow.parquet as pq
 
         table = pq.read_table(path, columns=["text", "source"])
-        return cls(table.column("text").to_pylist(), table.column("source").to_pylist())
+        columns = {name: table.column(name).to_pylist() for name in ("text", "source")}
+        for name, values in columns.items():
+            bad = [row for row, value in enumerate(values) if not isinstance(value, str)]
+            if bad:
+                raise ValueError(
+                    f"{path}: column {name!r} holds {len(bad)} value(s) that are not strings (rows {bad[:5]}, "
+                    f"first {values[bad[0]]!r})"
+                )
+        return cls(columns["text"], columns["source"])
 
 
 def texts_sha256(texts: Iterable[str]) -> str:

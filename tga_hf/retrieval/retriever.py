@@ -3,10 +3,9 @@ encoder's space. This is the `r` of TGA's `Retrieved Text: {r}. <image>` prompt,
 
 from __future__ import annotations
 
-import hashlib
 import json
+import numbers
 import os
-import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -15,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..fileio import atomic_directory, sha256_file
+from ..modeling import DEFAULT_MAX_RETRIEVED_TOKENS, clean_untrusted_text
 from .corpus import Corpus
 from .encoder import describe_encoder, embed, load_encoder, require_retrieval_dependencies
 from .index import IndexSpec, Storage, build_index
@@ -28,6 +29,21 @@ INDEX_NAME = "index.faiss"
 TEXTS_NAME = "texts.parquet"
 ENCODER_DIR = "encoder"
 FORMAT_VERSION = 1
+# The keys of retriever_config.json and their JSON types (read_retriever_config checks them).
+_CONFIG_KEYS: dict[str, type | tuple[type, ...]] = {
+    "format_version": int,
+    "encoder": dict,
+    "dimension": int,
+    "metric": str,
+    "normalized": bool,
+    "index": dict,
+    "corpus_size": int,
+    "sources": dict,
+    "texts_sha256": str,
+    "index_bytes": int,
+    "index_sha256": str,
+}
+_OPTIONAL_CONFIG_KEYS: dict[str, type | tuple[type, ...]] = {"text_rule": dict}  # absent in saves before it existed
 
 
 class RetrievalIndexError(ValueError):
@@ -59,6 +75,7 @@ class TextRetriever:
         corpus: Corpus,
         spec: IndexSpec,
         encoder_source: dict[str, Any] | None = None,
+        text_rule: dict[str, Any] | None = None,
     ):
         dimension = encoder.get_embedding_dimension()
         if index.d != dimension:
@@ -70,6 +87,8 @@ class TextRetriever:
         self.corpus = corpus
         self.spec = spec
         self.encoder_source = dict(encoder_source or describe_encoder(encoder))
+        # How the texts were cleaned at build time (`clean_untrusted_text`), recorded in retriever_config.json.
+        self.text_rule = dict(text_rule) if text_rule is not None else None
 
     def __len__(self) -> int:
         return len(self.corpus)
@@ -98,8 +117,16 @@ class TextRetriever:
         chunk_size: int = 8192,
         seed: int = 0,
         encoder_name_or_path: str | None = None,
+        tokenizer: Any = None,
+        max_text_tokens: int | None = DEFAULT_MAX_RETRIEVED_TOKENS,
+        image_token: str = "<image>",
     ) -> TextRetriever:
-        """Embed `texts` with `encoder` and index them.
+        """Clean `texts` as untrusted data, embed them with `encoder` and index them.
+
+        Every text goes through `tga_hf.modeling.clean_untrusted_text` first, the rule the processor applies again
+        when a retrieved text enters a prompt: special-token and image-token markup is removed and the text is cut
+        after `max_text_tokens` tokens; texts left empty are dropped. How many texts each step changed is recorded
+        in `retriever_config.json` under `text_rule`.
 
         Args:
             texts: the corpus (a list of strings, or a `Corpus` with source tags).
@@ -111,13 +138,19 @@ class TextRetriever:
             chunk_size: texts embedded and added per step: the build holds one chunk of vectors besides the index.
             seed: seed of the training sample of trained indexes.
             encoder_name_or_path: recorded as the encoder to re-create on `load` (default: where it was loaded from).
+            tokenizer: the tokenizer that counts `max_text_tokens` and whose special tokens are removed (best: the
+                LLM's); default the encoder's own tokenizer, whose input length bounds what an embedding can see.
+            max_text_tokens: token cap of one text (None: no cap).
+            image_token: the LVLM processor's image placeholder, removed from every text.
         """
         require_retrieval_dependencies()
         corpus = texts if isinstance(texts, Corpus) else Corpus(list(texts))
         if len(corpus) == 0:
             raise ValueError("cannot build a retriever over an empty corpus")
-        if not all(isinstance(text, str) for text in corpus.texts):
-            raise TypeError("texts must be strings")
+        bad = [index for index, text in enumerate(corpus.texts) if not isinstance(text, str)]
+        if bad:
+            raise TypeError(f"texts must be strings: text {bad[0]} is {corpus.texts[bad[0]]!r}")
+        corpus, text_rule = _clean_corpus(corpus, tokenizer, encoder, max_text_tokens, image_token)
         dimension = encoder.get_embedding_dimension()
         spec = IndexSpec.parse(index, len(corpus), dimension, storage)
 
@@ -134,14 +167,16 @@ class TextRetriever:
         source = describe_encoder(encoder)
         if encoder_name_or_path is not None:
             source = {"name_or_path": encoder_name_or_path, "image_tower": None}
-        return cls(encoder, faiss_index, corpus, spec, source)
+        return cls(encoder, faiss_index, corpus, spec, source, text_rule)
 
     def search(self, queries: Sequence[str | Image], k: int = 1, batch_size: int = 64) -> list[list[tuple[str, float]]]:
         """The `k` most similar texts of each query (a string or a PIL image), best first, with cosine scores."""
         if isinstance(queries, str) or not isinstance(queries, Sequence):
             raise TypeError("queries must be a list of strings / PIL images")
-        if not isinstance(k, int) or k < 1:
+        # numbers.Integral admits numpy integers (k=np.int64(2)); bool is an int but never a count
+        if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = int(k)
         if not queries:
             return []
         scores, ids = self.index.search(embed(self.encoder, queries, batch_size), min(k, len(self)))
@@ -152,17 +187,15 @@ class TextRetriever:
         ]
 
     def save(self, directory: str | os.PathLike, include_encoder: bool = False) -> Path:
-        """Write `index.faiss`, `texts.parquet` and `retriever_config.json` to `directory` (replacing a retriever
-        saved there before). With `include_encoder` the encoder goes to `directory/encoder` and the folder is
-        self-contained. Written to a temporary folder first: a failure leaves nothing half-written."""
+        """Write `index.faiss`, `texts.parquet` and `retriever_config.json` to `directory`. With `include_encoder`
+        the encoder goes to `directory/encoder` and the folder is self-contained.
+
+        Written to a hidden sibling folder and renamed into place (`tga_hf.fileio.atomic_directory`): a failure
+        leaves nothing half-written. An existing `directory` is replaced only when it is empty or an unchanged
+        earlier save (its `tga_hf_manifest.json` lists every file in it); otherwise `NotOurOutputError` names it."""
         import faiss
 
-        directory = Path(directory)
-        if directory.exists() and any(directory.iterdir()) and not (directory / CONFIG_NAME).is_file():
-            raise FileExistsError(f"{directory} holds other files: save a retriever into an empty or new folder")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-        try:
+        with atomic_directory(directory, overwrite=True, kind="retriever") as staging:
             faiss.write_index(self.index, str(staging / INDEX_NAME))
             self.corpus.save(staging / TEXTS_NAME)
             source = dict(self.encoder_source)
@@ -180,15 +213,12 @@ class TextRetriever:
                 "sources": dict(Counter(self.corpus.sources)),
                 "texts_sha256": self.corpus.sha256(),
                 "index_bytes": (staging / INDEX_NAME).stat().st_size,
-                "index_sha256": _file_sha256(staging / INDEX_NAME),
+                "index_sha256": sha256_file(staging / INDEX_NAME),
             }
+            if self.text_rule is not None:
+                config["text_rule"] = self.text_rule
             (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-            if directory.exists():
-                shutil.rmtree(directory)
-            staging.rename(directory)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return directory
+        return Path(directory)
 
     @classmethod
     def load(
@@ -224,7 +254,7 @@ class TextRetriever:
                 raise RetrievalIndexError(
                     f"{index_file} is {size} bytes, {config['index_bytes']} were written: truncated or replaced"
                 )
-            if _file_sha256(index_file) != config["index_sha256"]:
+            if sha256_file(index_file) != config["index_sha256"]:
                 raise RetrievalIndexError(f"{index_file} does not match the sha256 recorded in {CONFIG_NAME}")
         try:
             index = faiss.read_index(str(index_file))
@@ -252,9 +282,15 @@ class TextRetriever:
                 f"the encoder embeds into {encoder.get_embedding_dimension()} dimensions but the index at "
                 f"{directory} was built with {config['dimension']}-dimensional vectors"
             )
-        spec = IndexSpec(**{key: value for key, value in config["index"].items() if key != "type"})
+        try:
+            spec = IndexSpec(**{key: value for key, value in config["index"].items() if key != "type"})
+        except TypeError as error:
+            raise RetrievalIndexError(
+                f"{directory / CONFIG_NAME}: bad 'index' entry {config['index']!r}: {error}"
+            ) from None
         spec.apply_search_parameters(index)
-        return cls(encoder, index, corpus, spec, source if not source.get("bundled") else describe_encoder(encoder))
+        source = source if not source.get("bundled") else describe_encoder(encoder)
+        return cls(encoder, index, corpus, spec, source, config.get("text_rule"))
 
     def push_to_hub(
         self,
@@ -313,6 +349,8 @@ def resolve_retriever_dir(
 
 
 def read_retriever_config(directory: Path) -> dict[str, Any]:
+    """`retriever_config.json` of a saved retriever, checked: every required key present with the right type, no key
+    this version does not know (a config from elsewhere, or a typo, is named rather than half-read)."""
     config_file = directory / CONFIG_NAME
     if not config_file.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not a saved TextRetriever")
@@ -320,8 +358,20 @@ def read_retriever_config(directory: Path) -> dict[str, Any]:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise RetrievalIndexError(f"{config_file} is not valid JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise RetrievalIndexError(f"{config_file} must hold a JSON object, got {type(config).__name__}")
     if config.get("format_version") != FORMAT_VERSION:
         raise RetrievalIndexError(f"{config_file}: unsupported format_version {config.get('format_version')!r}")
+    unknown = sorted(set(config) - set(_CONFIG_KEYS) - set(_OPTIONAL_CONFIG_KEYS))
+    if unknown:
+        raise RetrievalIndexError(f"{config_file}: unknown key(s) {unknown} (format_version {FORMAT_VERSION} has none)")
+    for key, kind in {**_CONFIG_KEYS, **_OPTIONAL_CONFIG_KEYS}.items():
+        if key not in config:
+            if key in _CONFIG_KEYS:
+                raise RetrievalIndexError(f"{config_file}: required key {key!r} is missing")
+            continue
+        if not isinstance(config[key], kind) or isinstance(config[key], bool) and kind is not bool:
+            raise RetrievalIndexError(f"{config_file}: key {key!r} has the bad value {config[key]!r}")
     return config
 
 
@@ -332,7 +382,14 @@ def _load_recorded_encoder(directory: Path, source: dict[str, Any]) -> SentenceT
             f"{directory / CONFIG_NAME} records no encoder (it was built in memory): pass encoder= to load it"
         )
     if source.get("bundled"):
-        name_or_path = str(directory / name_or_path)
+        # A bundled encoder lives inside the index folder; a recorded path that leaves it (.., absolute, a symlink
+        # out) would load whatever sits there.
+        bundled = (directory / name_or_path).resolve()
+        if not bundled.is_relative_to(directory.resolve()) or bundled == directory.resolve():
+            raise RetrievalIndexError(
+                f"{directory / CONFIG_NAME}: the bundled encoder path {name_or_path!r} leaves the index folder"
+            )
+        name_or_path = str(bundled)
     try:
         return load_encoder(name_or_path, source.get("image_tower"), source.get("revision"))
     except OSError as error:
@@ -342,9 +399,35 @@ def _load_recorded_encoder(directory: Path, source: dict[str, Any]) -> SentenceT
         ) from error
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _clean_corpus(
+    corpus: Corpus, tokenizer: Any, encoder: Any, max_tokens: int | None, image_token: str
+) -> tuple[Corpus, dict[str, Any]]:
+    """Every text through `clean_untrusted_text`; empty results dropped. Returns the clean corpus and the record of
+    what the rule changed (`text_rule` in retriever_config.json)."""
+    from transformers import PreTrainedTokenizerBase
+
+    if tokenizer is None:
+        tokenizer = getattr(encoder, "tokenizer", None)
+        tokenizer = tokenizer if isinstance(tokenizer, PreTrainedTokenizerBase) else None
+    texts, sources = [], []
+    with_markup = truncated = dropped = 0
+    for text, source in zip(corpus.texts, corpus.sources, strict=True):
+        cleaned = clean_untrusted_text(text, tokenizer, image_token=image_token, max_tokens=max_tokens)
+        with_markup += cleaned.markup_removed > 0
+        truncated += cleaned.truncated
+        if not cleaned.text:
+            dropped += 1
+            continue
+        texts.append(cleaned.text)
+        sources.append(source)
+    if not texts:
+        raise ValueError(f"every one of the {len(corpus)} texts is empty once its markup is removed")
+    rule = {
+        "max_tokens": max_tokens,
+        "tokenizer": getattr(tokenizer, "name_or_path", None) if tokenizer is not None else None,
+        "image_token": image_token,
+        "texts_with_markup_removed": with_markup,
+        "texts_truncated": truncated,
+        "texts_dropped_empty": dropped,
+    }
+    return Corpus(texts, sources), rule

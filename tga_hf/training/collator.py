@@ -58,7 +58,13 @@ class TGADataCollator:
         if not rows:
             raise ValueError("cannot collate an empty list of rows")
         images = [_row_image(row, index) for index, row in enumerate(rows)]
-        prompts, completions = zip(*(self._prompt_and_completion(row) for row in rows), strict=True)
+        # Captions are data: the processor's rule (no special or image tokens) applies to the teacher's caption and to
+        # the caption used as the answer in pre-training alike, so both batches read the same text.
+        captions = [self._caption(row, index) for index, row in enumerate(rows)]
+        prompts, completions = zip(
+            *(self._prompt_and_completion(row, caption) for row, caption in zip(rows, captions, strict=True)),
+            strict=True,
+        )
         retrieved = self._retrieved_texts(rows, images)
 
         student = self._process(prompts, retrieved, images=images)
@@ -67,7 +73,6 @@ class TGADataCollator:
         if not self.return_guide_inputs:
             return {key: value for key, value in batch.items() if key not in GUIDE_KEYS}
 
-        captions = [row.get("caption") for row in rows]
         missing = [index for index, caption in enumerate(captions) if not caption]
         if missing:
             raise ValueError(f"rows {missing} have no 'caption': the guide loss needs the caption of every image")
@@ -90,10 +95,19 @@ class TGADataCollator:
             **inputs,
         )
 
-    def _prompt_and_completion(self, row: dict[str, Any]) -> tuple[str, str]:
+    def _caption(self, row: dict[str, Any], index: int) -> str | None:
+        """The row's caption as plain data (`TGALlavaProcessor.clean_untrusted`), None when it has none."""
+        caption = row.get("caption")
+        if not caption:
+            return None
+        if not isinstance(caption, str):
+            raise TypeError(f"row {index}: 'caption' must be a str, got {type(caption).__name__}")
+        return self.processor.clean_untrusted(caption) or None
+
+    def _prompt_and_completion(self, row: dict[str, Any], caption: str | None = None) -> tuple[str, str]:
         image_token = self.processor.image_token
         prompt = row.get("prompt", row.get("instruction")) or DEFAULT_INSTRUCTION
-        completion = row.get("completion", row.get("answer")) or row.get("caption")
+        completion = row.get("completion", row.get("answer")) or caption
         if not completion:
             raise ValueError(f"row has no 'completion'/'answer' and no 'caption' to train on: {sorted(row)}")
         if isinstance(prompt, str):

@@ -29,6 +29,7 @@ COMMAND_KEYS = (
     "lora",
     "lora_r",
     "lora_alpha",
+    "trust_remote_code",
 )
 
 
@@ -58,6 +59,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", type=Path, help="YAML/JSON file with any of these options and TGAConfig fields")
     parser.add_argument("--model", help="a saved TGA-LLaVA folder, or 'tiny' for the random tiny model")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        default=None,
+        help="allow --model's own Python code (auto_map) to run; TGA-LLaVA folders never need it",
+    )
     parser.add_argument("--data", help="a LLaVA-style JSON file or a dataset folder saved with save_to_disk")
     parser.add_argument("--image-folder", help="folder the LLaVA JSON image paths are relative to")
     parser.add_argument("--captions", help="JSON {image path: caption} (stage 2); stage 1 uses the answers")
@@ -142,17 +149,16 @@ def load_rows(command: dict[str, Any]):
     raise ValueError(f"--data {data}: expected a LLaVA JSON file or a dataset folder saved with save_to_disk")
 
 
-def load_model(name: str):
+def load_model(name: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """(model, processor) to train: the tiny random model for 'tiny', else `tga_hf.hub.loading.load_model` (remote
+    code only with `trust_remote_code`)."""
     if name == "tiny":
         from ..tiny import tiny_tga_llava
 
         return tiny_tga_llava()
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from ..hub.loading import load_model as load_any_model
 
-    import tga_hf  # noqa: F401  registers tga_llava with the Auto classes
-
-    model = AutoModelForImageTextToText.from_pretrained(name, trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
+    model, processor, _ = load_any_model(name, trust_remote_code=trust_remote_code, multimodal_only=True)
     return model, processor
 
 
@@ -167,7 +173,7 @@ def run_train(args: argparse.Namespace) -> int:
     except TypeError as error:
         raise ValueError(f"unknown training setting: {error}") from None
     rows = load_rows(command)
-    model, processor = load_model(command["model"])
+    model, processor = load_model(command["model"], trust_remote_code=bool(command.get("trust_remote_code")))
     peft_config = None
     if command.get("lora"):
         peft_config = tga_lora_config(r=command.get("lora_r") or 16, lora_alpha=command.get("lora_alpha") or 32)

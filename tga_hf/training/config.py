@@ -1,5 +1,6 @@
 """`TGAConfig`: TRL's `SFTConfig` plus the settings of Text-Guided vision-language Alignment."""
 
+import math
 from dataclasses import dataclass, field
 
 from trl import SFTConfig
@@ -72,8 +73,10 @@ class TGAConfig(SFTConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.guide_loss_weight is not None and self.guide_loss_weight < 0:
-            raise ValueError(f"guide_loss_weight must be >= 0, got {self.guide_loss_weight}")
+        # `not >= 0` also catches NaN, which would train into NaN while the logged loss reads 0.0
+        weight = self.guide_loss_weight
+        if weight is not None and (not math.isfinite(weight) or not weight >= 0):
+            raise ValueError(f"guide_loss_weight must be a finite number >= 0, got {weight}")
         if isinstance(self.guide_layers, int):
             self.guide_layers = [self.guide_layers]
         if isinstance(self.guide_layers, str):

@@ -401,7 +401,7 @@ def finish_tower(
         "final_temperature": 1 / logit_scale.exp().item(),
         "heldout_recall": heldout,
     }
-    with atomic_directory(out_dir / TOWER_DIR, overwrite=True) as tmp:
+    with atomic_directory(out_dir / TOWER_DIR, overwrite=True, kind="lit-tower") as tmp:
         tower.to(save_dtype).save_pretrained(tmp)
         processor.save_pretrained(tmp)
         save_file({k: v.to(save_dtype).contiguous() for k, v in heads.state_dict().items()}, tmp / HEADS_FILE)

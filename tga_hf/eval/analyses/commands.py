@@ -3,13 +3,13 @@ the tiny random model) and write its table(s), a JSON summary and a PNG plot int
 
 import argparse
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from ...fileio import write_text_atomic
 from ...modeling import DEFAULT_REFUSAL_FAMILY
 from . import plots
 from ._common import Window, WindowSweep
@@ -28,30 +28,21 @@ DEFAULT_FAMILIES = {
 
 
 def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(model, processor or tokenizer) from `--tiny`, `--model DIR --gguf-file F` (causal LM) or `--model DIR`
-    (a LLaVA-layout folder, TGA-LLaVA via its remote code, or a causal LM)."""
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForImageTextToText,
-        AutoProcessor,
-        AutoTokenizer,
-    )
-
+    """(model, processor or tokenizer) from `--tiny`, or `--model DIR [--gguf-file F]` through
+    `tga_hf.hub.loading.load_model` (a LLaVA-layout folder or a causal LM; remote code only with
+    `--trust-remote-code`)."""
     if args.tiny:
         from ...tiny import tiny_tga_llava
 
         return tiny_tga_llava(seed=args.seed)
     if not args.model:
         raise SystemExit("give --model DIR (a saved model folder) or --tiny")
-    if args.gguf_file:
-        tokenizer = AutoTokenizer.from_pretrained(args.model, gguf_file=args.gguf_file)
-        return AutoModelForCausalLM.from_pretrained(args.model, gguf_file=args.gguf_file).eval(), tokenizer
-    config = AutoConfig.from_pretrained(args.model, trust_remote_code=True)
-    if hasattr(config, "vision_config"):
-        model = AutoModelForImageTextToText.from_pretrained(args.model, trust_remote_code=True).eval()
-        return model, AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
-    return AutoModelForCausalLM.from_pretrained(args.model).eval(), AutoTokenizer.from_pretrained(args.model)
+    from ...hub.loading import load_model as load_any_model
+
+    model, processor, _ = load_any_model(
+        args.model, trust_remote_code=args.trust_remote_code, gguf_file=getattr(args, "gguf_file", None)
+    )
+    return model, processor
 
 
 def read_table(path: str) -> pd.DataFrame:
@@ -121,9 +112,7 @@ def parse_families(specs: list[str] | None) -> dict[str, list[str]]:
 
 def write_text(path: Path, text: str) -> None:
     """Write via a temporary name and rename, so an interrupted run leaves no half-written file."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    write_text_atomic(path, text)
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -244,6 +233,11 @@ def _run(analysis: Callable[[argparse.Namespace, Path], dict]) -> Callable[[argp
 def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model folder (TGA-LLaVA, stock LLaVA or causal LM)")
     parser.add_argument("--tiny", action="store_true", help="use the tiny random TGA-LLaVA (plumbing check)")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow --model's own Python code (auto_map) to run; TGA-LLaVA folders never need it",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the tiny model")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--batch-size", type=int, default=8)

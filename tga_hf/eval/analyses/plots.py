@@ -1,12 +1,12 @@
 """PNG figures of the layer analyses. Built on `matplotlib.figure.Figure` (no pyplot global state, no display needed);
 each file is written to a temporary name first and renamed, so a failed plot leaves nothing half-written."""
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from ...fileio import atomic_file
 from ._common import WindowSweep
 from .attention import AttentionRatios
 from .cosine import LayerCosine
@@ -15,13 +15,8 @@ from .safety_layers import SafetyLayers
 
 def _save(figure: Figure, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
+    with atomic_file(path) as partial:
         figure.savefig(partial, format="png", dpi=150, bbox_inches="tight")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return path
 
 
