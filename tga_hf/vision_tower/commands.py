@@ -36,6 +36,9 @@ def _safebench_texts() -> list[str]:
     return [item.image_text for item in items] + [item.meta["question"] for item in items]
 
 
+RESUMABLE_FLAGS = ("max_steps", "max_minutes", "token_loss_weight", "char_loss_weight")
+
+
 def _train(args: argparse.Namespace) -> int:
     from ..weights import load_text_encoder, minilm_path
     from .stream import SentenceMixture
@@ -54,13 +57,11 @@ def _train(args: argparse.Namespace) -> int:
     counts = {name: len(texts) for name, texts in sources.items()}
     counts |= {"vocabulary_words": len(vocabulary), "verb_phrases_in_stems": len(mixture.phrases)}
     width = args.hidden_size
+    # Flags left unset keep the config's defaults (or, on --resume, the run's saved values).
+    overrides = {name: getattr(args, name) for name in RESUMABLE_FLAGS if getattr(args, name) is not None}
     config = TowerTrainingConfig(
-        max_steps=args.max_steps,
-        max_minutes=args.max_minutes,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
-        token_loss_weight=args.token_loss_weight,
-        char_loss_weight=args.char_loss_weight,
         heldout=args.heldout,
         seed=args.seed,
         image_size=args.image_size,
@@ -71,6 +72,7 @@ def _train(args: argparse.Namespace) -> int:
             "num_attention_heads": args.heads,
             "patch_size": args.patch_size,
         },
+        **overrides,
     )
     metrics = train_reading_tower(
         mixture,
@@ -82,6 +84,7 @@ def _train(args: argparse.Namespace) -> int:
         resume=args.resume is not None,
         sources=counts,
         workers=args.workers,
+        resume_overrides=list(overrides),
     )
     print(json.dumps({"tower": str(Path(args.resume or args.out) / "tower"), **metrics["heldout_recall"]}, indent=2))
     return 0
@@ -139,14 +142,14 @@ def add_commands(subparsers) -> None:
     where = train.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="new run folder: checkpoint.pt, train_log.jsonl, and the tower in tower/")
     where.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint.pt")
-    train.add_argument("--max-steps", type=int, default=20000)
+    train.add_argument("--max-steps", type=int, help="step limit (default 20000)")
     train.add_argument(
         "--max-minutes", type=float, help="wall-clock budget over all sessions; the schedule anneals by it"
     )
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--token-loss-weight", type=float, default=1.0, help="per-patch WordPiece loss weight")
-    train.add_argument("--char-loss-weight", type=float, default=1.0, help="per-patch character loss weight")
+    train.add_argument("--token-loss-weight", type=float, help="per-patch WordPiece loss weight (default 1)")
+    train.add_argument("--char-loss-weight", type=float, help="per-patch character loss weight (default 1)")
     train.add_argument("--texts", nargs="*", default=[], help="extra .txt/.csv/.json sentence files (never test data)")
     train.add_argument("--column", help="CSV column holding the text (default: first column)")
     train.add_argument("--heldout", type=int, default=1000, help="held-out sentences of the training distribution")

@@ -211,7 +211,10 @@ def reading_losses(
         config.token_negatives,
         generator,
     )
-    char = F.binary_cross_entropy_with_logits(char_logits.float(), batch.char_targets.to(device))
+    # Summed over the character classes (mean over patches): a per-class mean divides the signal by the class count,
+    # and in the first run it stayed at the prior's entropy for 500 steps while the other losses fell.
+    char = F.binary_cross_entropy_with_logits(char_logits.float(), batch.char_targets.to(device), reduction="none")
+    char = char.sum(-1).mean()
     total = lit + config.token_loss_weight * token + config.char_loss_weight * char
     metrics = {"lit": lit.item(), "token": token.item(), "char": char.item(), "token_acc": token_accuracy.item()}
     return total, metrics
@@ -235,12 +238,14 @@ def train_reading_tower(
     sources: dict[str, int] | None = None,
     ranges: RenderRanges | None = None,
     workers: int = 1,
+    resume_overrides: Sequence[str] = ("max_minutes", "max_steps"),
 ) -> dict:
     """Train a reading tower on the stream of `mixture`, checkpointing into `out_dir`; save it to `out_dir/tower`.
 
     `heldout_texts` are excluded from the stream (the mixture's `exclude`) and evaluated periodically and at the end.
-    With `resume=True` the run continues from `out_dir/checkpoint.pt` (its saved config wins over `config`, except
-    `max_minutes` and `max_steps`, which may be raised to extend a finished schedule).
+    With `resume=True` the run continues from `out_dir/checkpoint.pt`: its saved config wins, except for the fields
+    named in `resume_overrides` (`max_minutes`, `max_steps`, `token_loss_weight`, `char_loss_weight`), taken from
+    `config`, to extend a schedule or reweight the losses mid-run (the change is logged).
 
     Example:
         >>> metrics = train_reading_tower(mixture, heldout, load_text_encoder(), "runs/tower",
@@ -254,10 +259,15 @@ def train_reading_tower(
         if not checkpoint_path.is_file():
             raise FileNotFoundError(f"nothing to resume: {checkpoint_path} does not exist")
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        saved = TowerTrainingConfig(**state["config"])
-        if config is not None:
-            saved.max_minutes, saved.max_steps = config.max_minutes or saved.max_minutes, config.max_steps
-        config = saved
+        saved = state["config"]
+        unknown = set(resume_overrides) - {"max_minutes", "max_steps", "token_loss_weight", "char_loss_weight"}
+        if unknown:
+            raise ValueError(f"cannot change {sorted(unknown)} when resuming a run")
+        changes = {name: getattr(config, name) for name in resume_overrides} if config is not None else {}
+        changes = {name: value for name, value in changes.items() if value != saved[name]}
+        config = TowerTrainingConfig(**(saved | changes))
+        if changes:
+            state.setdefault("config_changes", []).append({"step": state["step"], **changes})
     else:
         config = config or TowerTrainingConfig()
         if out_dir.exists() and any(out_dir.iterdir()):
@@ -282,8 +292,9 @@ def train_reading_tower(
         lr=config.learning_rate,
         weight_decay=config.weight_decay,
     )
-    step, elapsed = 0, 0.0
+    step, elapsed, config_changes = 0, 0.0, []
     if state is not None:
+        config_changes = state.get("config_changes", [])
         tower.load_state_dict(state["tower"])
         heads.load_state_dict(state["heads"])
         logit_scale.data.fill_(state["logit_scale"])
@@ -306,7 +317,12 @@ def train_reading_tower(
     monitor_targets = None
     max_seconds = 60 * config.max_minutes if config.max_minutes else None
     progress = tqdm(total=config.max_steps, initial=step, desc="train tower", unit="step")
-    log = (out_dir / LOG_FILE).open("a", encoding="utf-8")
+    log_path = out_dir / LOG_FILE
+    if state is not None and log_path.is_file():  # drop the steps a killed run logged after its last checkpoint
+        lines = log_path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        log_path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    log = log_path.open("a", encoding="utf-8")
     started = time.perf_counter() - elapsed
 
     def checkpoint() -> None:
@@ -320,6 +336,7 @@ def train_reading_tower(
                 "optimizer": optimizer.state_dict(),
                 "step": step,
                 "elapsed_seconds": time.perf_counter() - started,
+                "config_changes": config_changes,
             },
         )
 
@@ -368,7 +385,9 @@ def train_reading_tower(
         log.close()
     checkpoint()
     elapsed = time.perf_counter() - started
-    return finish_tower(out_dir, tower, heads, logit_scale, heldout_texts, text_encoder, config, step, elapsed, sources)
+    return finish_tower(
+        out_dir, tower, heads, logit_scale, heldout_texts, text_encoder, config, step, elapsed, sources, config_changes
+    )
 
 
 def finish_tower(
@@ -382,6 +401,7 @@ def finish_tower(
     steps_done: int,
     seconds: float,
     sources: dict[str, int] | None,
+    config_changes: Sequence[dict] = (),
 ) -> dict:
     """Evaluate the weights as they will be saved (rounded to `save_dtype`, computed in float32) on the held-out
     sentences and write the tower folder `out_dir/tower` atomically."""
@@ -400,6 +420,7 @@ def finish_tower(
         "train_seconds": round(seconds, 1),
         "final_temperature": 1 / logit_scale.exp().item(),
         "heldout_recall": heldout,
+        "config_changes": list(config_changes),  # settings changed on resume, with the step they took effect
     }
     with atomic_directory(out_dir / TOWER_DIR, overwrite=True, kind="lit-tower") as tmp:
         tower.to(save_dtype).save_pretrained(tmp)
