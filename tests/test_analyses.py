@@ -311,6 +311,20 @@ def test_masking_holds_in_cached_decoding(tiny, texts):
     assert not torch.allclose(masked_logits, last_logits(model, full))
 
 
+@pytest.mark.parametrize("keyword", ["cache", "past_key_values", None])
+def test_masking_finds_the_layer_cache_under_any_keyword(keyword):
+    """transformers 5.24 renamed the decoder layers' `past_key_values` to `cache`: the hook finds it by type, so a
+    cached decoding step sees its full key length under either name (and as a positional argument)."""
+    from transformers import DynamicCache
+
+    from tga_hf.eval.analyses.masking import _layer_cache
+
+    cache, hidden = DynamicCache(), torch.zeros(1, 1, 4)
+    args, kwargs = ((hidden, cache), {}) if keyword is None else ((hidden,), {keyword: cache})
+    assert _layer_cache(args, {**kwargs, "use_cache": True, "position_ids": torch.zeros(1, 1)}) is cache
+    assert _layer_cache((hidden,), {"use_cache": False}) is None
+
+
 def test_masking_sweep_table(tiny):
     model, processor = tiny
     sweep = masking_sweep(model, processor, TOXIC, window_size=2, is_refusal=never, max_new_tokens=3, batch_size=2)

@@ -96,3 +96,92 @@ def test_report_compares_tga_with_the_baseline_by_interval_overlap():
     assert "2.0% vs 0.0% (+2.0 points); the 95% intervals overlap" in lines
     assert "baseline LVLM, image 1" in lines
     assert _comparison_lines({"dsr": {"text": 0.5}, "dsr_ci": {"text": [0.3, 0.7]}}) == []
+
+
+FRESH_CLONE_SCRIPT = r"""
+import json, os, sys
+
+opened = []
+
+
+def record(event, args):
+    # every file the run opens, as an absolute path (relative ones resolve against the working directory then)
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        opened.append(os.path.abspath(os.fsdecode(args[0])))
+
+
+sys.addaudithook(record)
+
+from dataclasses import replace
+from pathlib import Path
+
+from tga_hf.data.sources import load_refusal_judge_sets
+from tga_hf.experiment.config import SMOKE
+from tga_hf.experiment.data import load_experiment_data
+from tga_hf.experiment.pipeline import _train_arm
+from tga_hf.retrieval import TextRetriever, joint_encoder
+from tga_hf.vision_tower.model import load_lit_tower, packaged_tower_path
+from tga_hf.weights import load_llm, load_text_encoder
+
+config = replace(SMOKE, steps=1, arms=["tga"])
+llm, tokenizer = load_llm(config.llm)
+tower, image_processor = load_lit_tower()
+calibration_rows = load_refusal_judge_sets()
+data = load_experiment_data(
+    config.n_align, config.n_test_per_category, config.n_benign_test, config.n_toxic_snippets, config.band_prompts,
+    config.seed, llm, tokenizer, config.max_new_tokens, progress=False,
+)
+retriever = TextRetriever.build(data.retrieval_corpus, joint_encoder(load_text_encoder(), packaged_tower_path()))
+base = (llm, tokenizer, tower, image_processor, None)
+_, _, history, _ = _train_arm("tga", config, base, data, retriever, Path("run"))
+print("RESULT " + json.dumps({
+    "toxic": [[item.id, item.source] for item in data.toxic_test],
+    "calibration_rows": len(calibration_rows),
+    "steps": [entry for entry in history if "loss" in entry],
+    "opened": sorted(set(opened)),
+}))
+"""
+
+
+@pytest.mark.slow
+def test_demo_data_and_a_tga_step_run_from_a_plain_checkout(tmp_path):
+    """What a new user has after the README's install: no folder beside the clone (no ../shared), no TGA_HF_*
+    variable, an unrelated working directory. A fresh interpreter runs the demo's data loading (the packaged
+    SafeBench, AdvBench and PyRIT's refusal sets from the pyrit wheel, the benign prompts, the retrieval index over
+    MiniLM + the packaged tower) and one TGA step of the demo's LVLM, recording every file it opens: none may lie
+    beside the repository, outside the interpreter's own prefix."""
+    import math
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import tga_hf
+
+    repo = Path(tga_hf.__file__).resolve().parents[1]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TGA_HF_")}
+    env["PYTHONPATH"] = str(repo)  # this checkout's code, whatever the venv's editable install points at
+    work = tmp_path / "work"
+    work.mkdir()
+    script = tmp_path / "fresh_clone.py"
+    script.write_text(FRESH_CLONE_SCRIPT)
+    run = subprocess.run([sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
+
+    assert len(result["toxic"]) == 10 and {source for _, source in result["toxic"]} == {"figstep-safebench"}
+    assert result["calibration_rows"] == 169
+    assert len(result["steps"]) == 1
+    step = result["steps"][0]
+    assert all(math.isfinite(step[key]) for key in ("loss", "guide_loss")), step
+    prefixes = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    beside = [
+        path
+        for path in result["opened"]
+        if Path(path).resolve().is_relative_to(repo.parent)
+        and not Path(path).resolve().is_relative_to(repo)
+        and not any(Path(path).resolve().is_relative_to(prefix) for prefix in prefixes)
+        and not Path(path).resolve().is_relative_to(tmp_path.resolve())
+    ]
+    assert not beside, f"files read from beside the checkout: {beside[:10]}"
+    assert str(repo / "tga_hf" / "data" / "figstep" / "safebench.csv") in result["opened"]  # the packaged copy

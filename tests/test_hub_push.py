@@ -6,6 +6,7 @@ inside the commit's NDJSON body (the regular-file path) and never needs LFS or x
 """
 
 import base64
+import importlib
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -109,9 +110,16 @@ def test_push_uploads_every_exported_file(folder, online, monkeypatch, xet_insta
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", not xet_installed)
     pipeline_calls = []
     pipelined_upload = _upload_pipeline.pipelined_upload
-    monkeypatch.setattr(
-        _upload_pipeline, "pipelined_upload", lambda *a, **k: pipeline_calls.append(1) or pipelined_upload(*a, **k)
-    )
+
+    def spy(*args, **kwargs):
+        pipeline_calls.append(1)
+        return pipelined_upload(*args, **kwargs)
+
+    monkeypatch.setattr(_upload_pipeline, "pipelined_upload", spy)
+    # huggingface_hub 1.x binds the name in hf_api at import time, 2.x imports it at call time: spy on both
+    hf_api_module = importlib.import_module("huggingface_hub.hf_api")
+    if hasattr(hf_api_module, "pipelined_upload"):
+        monkeypatch.setattr(hf_api_module, "pipelined_upload", spy)
     on_disk = {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
     assert upload_files(folder) == sorted(on_disk)
 

@@ -149,6 +149,46 @@ def test_selected_hidden_states_and_guide_pass_match_full_forward(tiny, image):
         model.guide_hidden_states([0, 2], **inputs)
 
 
+@pytest.mark.parametrize("layers", [[2], [4], [2, 4], [3]])
+def test_guide_layers_without_the_vision_feature_index_still_feed_the_projector(tiny, image, layers):
+    """The tiny tower has 2 layers and vision_feature_layer=-2 (its hidden-state index 1). An LLM selection that does
+    not contain 1 must neither reach the tower (transformers 5.24 applies it there: NoneType crash in
+    get_image_features) nor change the result; the hook capture, and the teacher pass up to L (normed), agree with
+    the full forward."""
+    model, processor = tiny
+    assert model.config.vision_feature_layer == -2 and model.config.vision_config.num_hidden_layers == 2
+    inputs = processor(images=image, text=chat_prompt(processor), return_tensors="pt")
+    with torch.no_grad():
+        full = model(**inputs, output_hidden_states=True)
+        selected = model(**inputs, output_hidden_states=layers)
+        with model.capture_hidden_states(layers) as captured:
+            hooked = model(**inputs)
+        guide = model.guide_hidden_states(layers, **inputs)
+    torch.testing.assert_close(selected.logits, full.logits)
+    torch.testing.assert_close(hooked.logits, full.logits)
+    assert sorted(captured) == sorted(guide) == sorted(layers)
+    for layer in layers:
+        torch.testing.assert_close(selected.hidden_states[layer], full.hidden_states[layer])
+        torch.testing.assert_close(captured[layer], full.hidden_states[layer])
+        torch.testing.assert_close(guide[layer], full.hidden_states[layer])
+
+
+def test_capture_hidden_states_keeps_the_graph_and_removes_its_hooks(tiny, image):
+    model, processor = tiny
+    inputs = processor(images=image, text=chat_prompt(processor), return_tensors="pt")
+    decoder_layers = model.model.language_model.layers
+    hooks_before = [len(layer._forward_hooks) for layer in decoder_layers]
+    with model.capture_hidden_states([2]) as captured:
+        model(**inputs)
+        first = captured[2]
+        model(**inputs)  # a later forward (a recompute, a generation) does not overwrite what the loss used
+    assert captured[2] is first and first.requires_grad
+    assert [len(layer._forward_hooks) for layer in decoder_layers] == hooks_before
+    with pytest.raises(ValueError, match="within"):
+        with model.capture_hidden_states([5]):
+            pass
+
+
 def test_masked_mean_ignores_masked_positions_and_empty_rows():
     hidden = torch.arange(24, dtype=torch.bfloat16).reshape(2, 3, 4)
     mask = torch.tensor([[True, False, True], [False, False, False]])

