@@ -16,7 +16,7 @@ import datasets
 import evaluate
 
 from tga_hf.eval.judges import PhraseRefusalJudge, RefusalJudge
-from tga_hf.eval.metrics import refusal_rates
+from tga_hf.eval.metrics import Rate, refusal_rates
 
 _CITATION = """\
 @inproceedings{xu2025crossmodal,
@@ -65,7 +65,7 @@ Examples:
 """
 
 
-def _rate_fields(rate: Any) -> dict[str, float | int]:
+def _rate_fields(rate: Rate) -> dict[str, float | int]:
     return {"refusal_rate": rate.rate, "ci_low": rate.low, "ci_high": rate.high, "n": rate.total, "refused": rate.count}
 
 

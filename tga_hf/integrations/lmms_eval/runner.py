@@ -44,10 +44,8 @@ class TGALlavaRunner:
 
     Example:
         >>> runner = TGALlavaRunner.from_pretrained("tga-llava", retrieval="on", device="cpu")
-        >>> runner.generate(["What is written in the image?"], [[image]], max_new_tokens=32)
-        ['...']
-        >>> runner.loglikelihood("What colour is it?", " Red", [image])
-        (-3.21, False)
+        >>> [answer] = runner.generate(["What is written in the image?"], [[image]], max_new_tokens=32)
+        >>> logprob, is_greedy = runner.loglikelihood("What colour is it?", " Red", [image])
     """
 
     def __init__(self, model: torch.nn.Module, processor: Any) -> None:
