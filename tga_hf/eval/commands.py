@@ -18,11 +18,11 @@ from .judges import (
     PhraseRefusalJudge,
     ProbeRefusalJudge,
     RefusalJudge,
-    Verdict,
     judge_agreement,
     probe_training_texts,
 )
-from .report import build_report, safety_section, utility_entries, write_report
+from .refusal_metric import load_refusal_metric
+from .report import build_report, judged_safety_section, utility_entries, write_report
 
 SAFETY_DATASETS = ("safebench", "benign", "advbench", "harmbench")
 
@@ -101,10 +101,6 @@ def _model_info(path: str, model) -> dict:
     }
 
 
-def _judge_records(judge: RefusalJudge, records: Sequence[dict]) -> list[Verdict]:
-    return judge.verdicts([record["prompt"] for record in records], [record["response"] for record in records])
-
-
 def run_eval(args: argparse.Namespace) -> dict:
     """Generate (or re-read with --responses), judge, and write the report; returns the report dict."""
     out = Path(args.out)
@@ -142,28 +138,28 @@ def run_eval(args: argparse.Namespace) -> dict:
                     model, processor, run_items, args.max_new_tokens, args.batch_size, retrieval=mode
                 )
         response_files.append(write_jsonl(records, out / "responses.jsonl").name)
-        judge = PhraseRefusalJudge()
-        verdicts = _judge_records(judge, records)
-        agreement = None
+        if args.judge == "probe" and not args.probe:
+            raise SystemExit("--judge probe needs --probe DIR (a probe saved by ProbeRefusalJudge.save)")
+        # DSR and over-refusal come from the refusal-rate `evaluate` metric shipped in the package, one per judge.
+        judge: RefusalJudge = PhraseRefusalJudge()
+        safety, verdicts = judged_safety_section(records, load_refusal_metric(judge=judge))
         if args.probe:
             if model is None:
                 raise SystemExit("--probe needs --model: the probe reads the model's hidden states")
             probe = ProbeRefusalJudge.load(args.probe, model, _tokenizer(processor))
-            probe_verdicts = _judge_records(probe, records)
-            agreement = {
+            probe_safety, probe_verdicts = judged_safety_section(records, load_refusal_metric(judge=probe))
+            safety["judge_agreement"] = {
                 "judges": [f"phrase {judge.version}", f"probe {probe.version}"],
                 **judge_agreement([v.refused for v in verdicts], [v.refused for v in probe_verdicts]),
             }
             if args.judge == "probe":
                 judge, verdicts = probe, probe_verdicts
-        elif args.judge == "probe":
-            raise SystemExit("--judge probe needs --probe DIR (a probe saved by ProbeRefusalJudge.save)")
+                safety = {**probe_safety, "judge_agreement": safety["judge_agreement"]}
         write_jsonl(
             [{**r, "refused": v.refused, "reason": v.reason} for r, v in zip(records, verdicts, strict=True)],
             out / "judged.jsonl",
         )
         response_files.append("judged.jsonl")
-        safety = safety_section(records, verdicts, agreement)
         judge_info = judge.describe()
     else:
         judge_info = PhraseRefusalJudge().describe()

@@ -40,6 +40,8 @@ class RefusalJudge:
 
     name: str = "refusal-judge"
     version: str = "0"
+    # Whether verdicts depend on the prompt; a judge that does not know says True, so callers must pass the prompts.
+    reads_prompts: bool = True
 
     def verdicts(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
         raise NotImplementedError
@@ -171,6 +173,7 @@ class PhraseRefusalJudge(RefusalJudge):
     """
 
     name = "phrase"
+    reads_prompts = False
 
     def __init__(self, extra_patterns: Sequence[tuple[str, str]] = ()):
         patterns = [(name, pattern) for name, pattern, _ in REFUSAL_PATTERNS] + list(extra_patterns)
@@ -265,6 +268,7 @@ class ProbeRefusalJudge(RefusalJudge):
     """
 
     name = "probe"
+    reads_prompts = False  # it reads the response through the model, never the prompt
 
     def __init__(
         self,

@@ -32,6 +32,7 @@ import datetime
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 from .. import __version__
 from ..fileio import write_text_atomic
@@ -63,11 +64,62 @@ def refusal_entries(records: Sequence[dict], verdicts: Sequence[Verdict], harmfu
 def safety_section(
     records: Sequence[dict], verdicts: Sequence[Verdict], agreement: dict | None = None
 ) -> dict[str, list | dict | None]:
+    """The report's `safety` section from verdicts already made (see `judged_safety_section` to judge as well)."""
     return {
         "dsr": refusal_entries(records, verdicts, harmful=True),
         "over_refusal": refusal_entries(records, verdicts, harmful=False),
         "judge_agreement": agreement,
     }
+
+
+def _rate_from_metric(fields: dict) -> dict:
+    """A report Rate from the refusal-rate metric's fields."""
+    return {
+        "count": fields["refused"],
+        "total": fields["n"],
+        "rate": fields["refusal_rate"],
+        "ci95": [fields["ci_low"], fields["ci_high"]],
+    }
+
+
+def judged_safety_section(
+    records: Sequence[dict], metric: Any, agreement: dict | None = None
+) -> tuple[dict[str, list | dict | None], list[Verdict]]:
+    """Judge `records` and build the report's `safety` section with the refusal-rate `evaluate` metric
+    (`tga_hf.eval.load_refusal_metric`): one `compute` per (harmful, dataset, modality, retrieval) group, categories
+    passed along. Returns the section (same layout as `safety_section`) and every record's verdict, in record order.
+
+    Example:
+        >>> section, verdicts = judged_safety_section(records, load_refusal_metric())
+        >>> section["dsr"][0]["overall"]["rate"]
+    """
+    groups: dict[tuple[bool, str, str, bool], list[int]] = {}
+    for index, record in enumerate(records):
+        groups.setdefault((bool(record["harmful"]), *_condition(record)), []).append(index)
+    verdicts: list[Verdict | None] = [None] * len(records)
+    section: dict[str, list | dict | None] = {"dsr": [], "over_refusal": [], "judge_agreement": agreement}
+    # Sorted like `refusal_entries`, so both paths write identical reports.
+    for (harmful, dataset, modality, retrieval), indices in sorted(groups.items()):
+        group = [records[index] for index in indices]
+        result = metric.compute(
+            predictions=[record["response"] for record in group],
+            prompts=[record["prompt"] for record in group],
+            categories=[record["category"] for record in group],
+            return_verdicts=True,
+        )
+        for index, verdict in zip(indices, result["verdicts"], strict=True):
+            verdicts[index] = Verdict(verdict["refused"], verdict["reason"], verdict["score"])
+        section["dsr" if harmful else "over_refusal"].append(
+            {
+                "dataset": dataset,
+                "modality": modality,
+                "retrieval": retrieval,
+                "overall": _rate_from_metric(result),
+                "per_category": {name: _rate_from_metric(rate) for name, rate in result["per_category"].items()},
+            }
+        )
+    # Every index belongs to exactly one group, so every slot is filled.
+    return section, cast(list[Verdict], verdicts)
 
 
 def utility_entries(records: Sequence[dict]) -> list[dict]:
