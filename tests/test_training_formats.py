@@ -130,6 +130,8 @@ def test_caption_column_and_the_error_naming_the_fix(tiny):
         TGADataCollator(processor)([row])
     plain = TGADataCollator(processor, return_guide_inputs=False)([row])  # no guide loss: no caption needed
     assert answer_text(processor, plain) == ANSWER + "<|end|>"
+    with pytest.raises(ValueError, match=r"row 1 has no 'messages' although its dataset has that column"):
+        TGADataCollator(processor)([{**row, "caption": CAPTION}, {**row, "messages": None, "caption": CAPTION}])
     with pytest.raises(ValueError, match=r"row 0: 'messages' must end with the assistant turn"):
         TGADataCollator(processor)([{**row, "messages": row["messages"][:1], "caption": CAPTION}])
     with pytest.raises(ValueError, match="row 0 has 2 images; TGA training takes one image per sample"):

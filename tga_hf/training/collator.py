@@ -130,6 +130,13 @@ class TGADataCollator:
     def _conversation(self, row: dict[str, Any], index: int, caption: str | None) -> tuple[Image.Image, str, str]:
         """(image, prompt text up to the generation prompt, completion text) of one row, in any of the layouts above."""
         image_token = self.processor.image_token
+        if "messages" in row and row["messages"] is None:
+            # A datasets column fills a row that lacks it with None; training such a row on its caption would be the
+            # silent wrong target this layout once had
+            raise ValueError(
+                f"row {index} has no 'messages' although its dataset has that column: give every row its messages "
+                "(Dataset.from_list takes its columns from the first row only), or keep caption-only rows apart"
+            )
         if row.get("messages") is not None:
             messages = _without_none(row["messages"])
             if not messages or messages[-1].get("role") != "assistant":
