@@ -242,6 +242,7 @@ def test_image_count_must_match_image_tokens(tiny, image):
 
 
 def test_compose_adds_image_token_and_keeps_chat_template():
+    from tga_hf.modeling import typed_content_chat_template
     from tga_hf.tiny import tiny_tokenizer
 
     model, processor = tiny_tga_llava(seed=5)
@@ -249,7 +250,10 @@ def test_compose_adds_image_token_and_keeps_chat_template():
     assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id == len(tokenizer)
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer) + 1
     assert model.lm_head.weight.shape[0] == len(tokenizer) + 1
-    assert processor.chat_template == tokenizer.chat_template
+    # The LLM's own template, kept whole under the typed-content prelude (images and text items in messages)
+    assert processor.chat_template == typed_content_chat_template(tokenizer.chat_template, "<image>")
+    assert processor.chat_template.endswith(tokenizer.chat_template)
+    assert processor.tokenizer.chat_template == tokenizer.chat_template
 
 
 def test_compose_keeps_text_only_behaviour_of_the_language_model():

@@ -275,6 +275,26 @@ def test_train_refuses_remote_code_and_the_flag_allows_it(tmp_path):
     assert marker.read_text() == "remote code ran"
 
 
+def test_train_command_refuses_remote_code_in_one_line_and_the_flag_allows_it(tmp_path, capsys):
+    """`tga-hf train` on TRL's parser: `--trust-remote-code` (SFTConfig.trust_remote_code) reaches the loader."""
+    from tga_hf import cli
+
+    folder, marker = _remote_code_folder(tmp_path)
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"image": "x.png", "caption": "a cat"}) + "\n")
+    argv = ["train", "--model_name_or_path", str(folder), "--dataset_name", str(tmp_path / "rows.jsonl")]
+    argv += ["--bf16", "false", "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert message.startswith("tga-hf train: error: ") and str(folder) in message and "--trust-remote-code" in message
+    assert len(message.strip().splitlines()) == 1 and not marker.exists()
+    with pytest.raises(SystemExit):  # the folder's model takes no images; what matters is that its code ran
+        cli.main([*argv, "--trust-remote-code"])
+    assert marker.read_text() == "remote code ran"
+    assert "takes no images" in capsys.readouterr().err
+
+
 def test_tga_folders_load_with_the_package_classes_without_the_flag(saved_tiny):
     from tga_hf.eval.commands import load_model
     from tga_hf.modeling import TGALlavaForConditionalGeneration, TGALlavaProcessor

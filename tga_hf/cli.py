@@ -32,7 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .hub.loading import ModelLoadError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # A sub-command with its own parser (`train`: TRL's TrlParser over dataclasses) takes the arguments argparse does
+    # not know; every other one refuses them as before.
+    args, remaining = parser.parse_known_args(argv)
+    if remaining and not getattr(args, "parses_remaining", False):
+        parser.error(f"unrecognized arguments: {' '.join(remaining)}")
+    args.remaining = remaining
     try:
         return int(args.func(args) or 0)
     except (ModelLoadError, NotOurOutputError) as error:

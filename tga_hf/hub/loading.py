@@ -143,6 +143,8 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     multimodal_only: bool = False,
+    revision: str | None = None,
+    attn_implementation: str | None = None,
 ) -> tuple[Any, Any, bool]:
     """`(model, processor_or_tokenizer, is_multimodal)` for any model folder or Hub id a command is pointed at: an
     image-text-to-text model (TGA-LLaVA, stock LLaVA, ...) with its processor, else a causal LM with its tokenizer
@@ -160,6 +162,8 @@ def load_model(
         dtype: e.g. "float32", "bfloat16" or a `torch.dtype`.
         device: where to put the model.
         multimodal_only: raise unless the model takes images (training needs an image-text-to-text model).
+        revision: the Hub revision (branch, tag or commit) of a repository id.
+        attn_implementation: e.g. "eager" or "sdpa", as in `from_pretrained`.
 
     Example:
 
@@ -181,6 +185,8 @@ def load_model(
     check_model_source(name_or_path)
     source = str(name_or_path)
     extra: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    if revision is not None:
+        extra["revision"] = revision
     try:
         config_dict, _ = PretrainedConfig.get_config_dict(source, **extra)  # reads JSON, runs nothing
     except OSError as error:
@@ -200,12 +206,15 @@ def load_model(
         raise ModelLoadError(f"{source} is a {model_type!r} model that takes no images: an image-text model is needed")
     model_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "output_loading_info": True, **extra}
     if dtype is not None:
-        model_kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        model_kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    if attn_implementation is not None:
+        model_kwargs["attn_implementation"] = attn_implementation
     model_class = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
     model, info = model_class.from_pretrained(source, **model_kwargs)
     check_complete_weights(model, info, source)
     if multimodal:
-        processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+        revision_kwargs = {"revision": revision} if revision is not None else {}
+        processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code, **revision_kwargs)
     else:
         processor = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
         if processor.pad_token is None:

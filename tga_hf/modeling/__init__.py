@@ -8,7 +8,13 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, Aut
 
 from .configuration_tga_llava import DEFAULT_MAX_RETRIEVED_TOKENS, DEFAULT_REFUSAL_FAMILY, TGALlavaConfig
 from .modeling_tga_llava import TGALlavaForConditionalGeneration, TGALlavaModel, final_norm, masked_mean
-from .processing_tga_llava import DEFAULT_RETRIEVAL_TEMPLATE, CleanedText, TGALlavaProcessor, clean_untrusted_text
+from .processing_tga_llava import (
+    DEFAULT_RETRIEVAL_TEMPLATE,
+    CleanedText,
+    TGALlavaProcessor,
+    clean_untrusted_text,
+    typed_content_chat_template,
+)
 
 AutoConfig.register(TGALlavaConfig.model_type, TGALlavaConfig, exist_ok=True)
 AutoModel.register(TGALlavaConfig, TGALlavaModel, exist_ok=True)
@@ -32,4 +38,5 @@ __all__ = [
     "clean_untrusted_text",
     "final_norm",
     "masked_mean",
+    "typed_content_chat_template",
 ]

@@ -25,6 +25,60 @@ RETRIEVER_CONFIG_NAME = "retriever_config.json"
 # treats as special.
 _GENERIC_MARKUP = r"<\|[^<>|\s]{1,40}\|>|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>|<image>|<video>"
 
+# First line of every template `typed_content_chat_template` writes: how a saved template is recognised as already
+# wrapped, so that loading a processor never wraps it twice.
+TYPED_CONTENT_MARKER = "{#- tga-hf: typed message content on top of the LLM's own chat template -#}"
+_TYPED_CONTENT_PRELUDE = """
+{%- set tga_chat = namespace(messages=[]) -%}
+{%- for message in messages -%}
+{%- if message['content'] is not defined or message['content'] is none or message['content'] is string -%}
+{%- set tga_chat.messages = tga_chat.messages + [message] -%}
+{%- else -%}
+{%- set tga_parts = namespace(items=[]) -%}
+{%- for part in message['content'] -%}
+{%- if part['type'] == 'image' -%}
+{%- set tga_parts.items = tga_parts.items + [IMAGE_TOKEN] -%}
+{%- elif part['type'] == 'text' -%}
+{%- set tga_parts.items = tga_parts.items + [part['text']] -%}
+{%- else -%}
+{{- raise_exception('TGA-LLaVA reads image and text content; got a ' ~ part['type'] ~ ' item') -}}
+{%- endif -%}
+{%- endfor -%}
+{%- set tga_chat.messages = tga_chat.messages + [dict(message, content=tga_parts.items | join('\\n'))] -%}
+{%- endif -%}
+{%- endfor -%}
+{%- set messages = tga_chat.messages -%}
+"""
+
+
+def typed_content_chat_template(text_template: str, image_token: str = "<image>") -> str:
+    """The LLM's own chat template with a prelude that turns typed message content into the text that template
+    expects: every `{"type": "image"}` item becomes `image_token`, every `{"type": "text", "text": ...}` item its
+    text, items joined by a newline (so `[image, text]` renders as LLaVA's `<image>\\n{text}`, the layout TGA trains
+    on); string content is left exactly as it was. Any other item type raises in the template. Idempotent: a template
+    already wrapped is returned unchanged.
+
+    transformers has no generic wrapper of this kind (each VLM ships its own hand-written template), so this one is
+    ours; being a prelude, it keeps the LLM's own turn markup, system prompt handling and generation prompt.
+
+    Args:
+        text_template: the LLM tokenizer's Jinja chat template.
+        image_token: the processor's image placeholder.
+
+    Example:
+
+    ```python
+    >>> processor.chat_template = typed_content_chat_template(tokenizer.chat_template, "<image>")
+    >>> message = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}
+    >>> processor.apply_chat_template([message])
+    '<|user|><image>\\nHi<|end|>'
+    ```"""
+    if text_template.startswith(TYPED_CONTENT_MARKER):
+        return text_template
+    literal = "'" + image_token.replace("\\", "\\\\").replace("'", "\\'") + "'"  # a Jinja string literal
+    prelude = _TYPED_CONTENT_PRELUDE.replace("IMAGE_TOKEN", literal)
+    return TYPED_CONTENT_MARKER + prelude + text_template
+
 
 @dataclass(frozen=True)
 class CleanedText:
@@ -134,6 +188,12 @@ class TGALlavaProcessor(LlavaProcessor):
 
     Masks are opt-in so that `model.generate(**processor(...))` never receives keys the model does not take.
 
+    Chat: the processor's `chat_template` is the LLM's own template (from `chat_template=` or the tokenizer) wrapped by
+    `typed_content_chat_template`, and is saved with the processor (`chat_template.jinja`). So the transformers message
+    format works as for any VLM: `apply_chat_template` with `{"type": "image"}` / `{"type": "text"}` items, and
+    `pipeline("image-text-to-text", model=model, processor=processor)` with the image inside the message; retrieval
+    applies there as in `__call__`.
+
     An attached `tga_hf.retrieval.TextRetriever` is saved by `save_pretrained` to `retrieval/` and re-attached by
     `from_pretrained` (when faiss and sentence-transformers are installed; otherwise the processor loads without it and
     logs a warning).
@@ -144,6 +204,10 @@ class TGALlavaProcessor(LlavaProcessor):
     >>> inputs = processor(images=image, text="USER: <image>\nWhat is shown? ASSISTANT:",
     ...                    retrieved_text="a red bicycle", return_tga_masks=True, return_tensors="pt")
     >>> inputs["retrieved_text_mask"].sum()  # number of tokens of "a red bicycle"
+    >>> messages = [{"role": "user", "content": [{"type": "image", "image": image},
+    ...                                          {"type": "text", "text": "What is shown?"}]}]
+    >>> model.generate(**processor.apply_chat_template(messages, tokenize=True, return_dict=True,
+    ...                                                add_generation_prompt=True), max_new_tokens=32)
     ```"""
 
     def __init__(
@@ -168,6 +232,17 @@ class TGALlavaProcessor(LlavaProcessor):
         self.retrieval_top_k = retrieval_top_k
         self.max_retrieved_tokens = max_retrieved_tokens
         self.retriever = None
+        # The processor's template is the LLM's own one plus typed content (image items -> the image token); the same
+        # text as before for string content, so the tokenizer, which reads the saved template too, renders as before.
+        image_token = getattr(tokenizer, "image_token", image_token)
+        if chat_template is None:
+            chat_template = getattr(tokenizer, "chat_template", None)
+        if isinstance(chat_template, str):
+            chat_template = typed_content_chat_template(chat_template, image_token)
+        elif isinstance(chat_template, dict):
+            chat_template = {
+                name: typed_content_chat_template(template, image_token) for name, template in chat_template.items()
+            }
         super().__init__(
             image_processor=image_processor,
             tokenizer=tokenizer,
@@ -178,6 +253,35 @@ class TGALlavaProcessor(LlavaProcessor):
             num_additional_image_tokens=num_additional_image_tokens,
             **kwargs,
         )
+
+    def apply_chat_template(
+        self,
+        conversation: list[dict[str, Any]] | list[list[dict[str, Any]]],
+        chat_template: str | None = None,
+        retrieved_text: str | Sequence[str | None] | None = None,
+        **kwargs,
+    ):
+        """`ProcessorMixin.apply_chat_template`, with two additions for TGA:
+
+        - `retrieved_text=` goes to the processor call (as `processor_kwargs={"retrieved_text": ...}` does): the
+          `Retrieved Text: {r}. ` prefix before the image. Without it, an attached retriever fills it.
+        - with `tokenize=True` and no `return_tensors`, the result holds PyTorch tensors, so it can go straight into
+          `model.generate(**inputs)`.
+
+        Example:
+
+        ```python
+        >>> messages = [{"role": "user", "content": [{"type": "image", "image": image},
+        ...                                          {"type": "text", "text": "What is shown?"}]}]
+        >>> inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True,
+        ...                                        add_generation_prompt=True, retrieved_text="a red bicycle")
+        >>> model.generate(**inputs, max_new_tokens=32)
+        ```"""
+        if kwargs.get("tokenize") and kwargs.get("return_tensors", "auto") == "auto":
+            kwargs["return_tensors"] = "pt"
+        if retrieved_text is not None:
+            kwargs["processor_kwargs"] = {**(kwargs.get("processor_kwargs") or {}), "retrieved_text": retrieved_text}
+        return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
 
     def attach_retriever(self, retriever: Any) -> None:
         """Attach an object with `search(queries, k) -> list[list[(text, score)]]` (e.g.
@@ -286,6 +390,14 @@ class TGALlavaProcessor(LlavaProcessor):
             inputs = super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
             return self._with_masks(inputs, None, None, None, kwargs) if return_tga_masks else inputs
 
+        if kwargs.get("sanitize_control_tokens"):
+            # transformers' sanitized encoding returns no character offsets, and the retrieved-text and caption spans
+            # are found through them
+            raise ValueError(
+                "sanitize_control_tokens=True cannot be combined with a retrieved text or captions here: pass "
+                "retrieved_text=None with no retriever attached, or leave sanitize_control_tokens off (retrieved texts "
+                "are cleaned by clean_untrusted_text either way)"
+            )
         texts = [text] if isinstance(text, str) else list(text)
         if retrieved_text is None and self.retriever is not None and images is not None:
             retrieved_text = self.retrieve(_one_image_per_sample(images, len(texts)))
@@ -437,4 +549,12 @@ def _one_image_per_sample(images: Any, batch_size: int) -> list:
     return flat
 
 
-__all__ = ["CleanedText", "TGALlavaProcessor", "DEFAULT_RETRIEVAL_TEMPLATE", "RETRIEVAL_DIR", "clean_untrusted_text"]
+__all__ = [
+    "CleanedText",
+    "TGALlavaProcessor",
+    "DEFAULT_RETRIEVAL_TEMPLATE",
+    "RETRIEVAL_DIR",
+    "TYPED_CONTENT_MARKER",
+    "clean_untrusted_text",
+    "typed_content_chat_template",
+]

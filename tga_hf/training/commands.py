@@ -1,12 +1,22 @@
-"""`tga-hf train`: stage 1 (projector pre-training) or stage 2 (fine-tuning, full or LoRA) with the guide loss."""
+"""`tga-hf train`: TGA training from the command line, on TRL's own parser as `trl sft` is.
+
+`trl.TrlParser` over (`TGAScriptArguments`, `TGAConfig`, `trl.ModelConfig`): every `TGAConfig` / `SFTConfig` /
+`TrainingArguments` field and every `ModelConfig` field is a flag (`--learning_rate 1e-3`, `--learning-rate 1e-3`),
+`--config file.yaml` sets any of them (command-line flags win), and `--push_to_hub` pushes through the trainer.
+
+    tga-hf train --model_name_or_path my-tga-llava --dataset_name my/vqa-data --caption_column caption \\
+        --output_dir tga-run --guide_layers auto --max_steps 1000
+    tga-hf train --config configs/train/finetune.yaml --use_peft
+"""
 
 import argparse
-import json
-import re
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import yaml
+from trl import ModelConfig, ScriptArguments, TrlParser
+
+from .config import TGAConfig
 
 # Learning rates of the paper (stage 1: 1e-3 projector only; stage 2: 2e-6 full) and LLaVA's LoRA recipe (2e-4).
 STAGE_PRESETS = {
@@ -14,142 +24,183 @@ STAGE_PRESETS = {
     "finetune": {"train_projector_only": False, "learning_rate": 2e-6},
     "finetune-lora": {"train_projector_only": False, "learning_rate": 2e-4},
 }
-# Options of the command itself; every other setting (from the config file or --set) is a TGAConfig field.
-COMMAND_KEYS = (
-    "model",
-    "data",
-    "image_folder",
-    "captions",
-    "retrieved_texts",
-    "image_column",
-    "caption_column",
-    "instruction_column",
-    "answer_column",
-    "stage",
-    "lora",
-    "lora_r",
-    "lora_alpha",
-    "trust_remote_code",
-)
+PROG = "tga-hf train"
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML with YAML 1.2 booleans: only true/false are bools, so `save_strategy: no` stays the string "no"."""
+@dataclasses.dataclass
+class TGAScriptArguments(ScriptArguments):
+    r"""
+    The data and stage of `tga-hf train`: TRL's [`~trl.ScriptArguments`] (`dataset_name`, `dataset_config`,
+    `dataset_train_split`, `dataset_test_split`, `dataset_streaming`) plus the LLaVA-layout JSON and the stage presets.
+
+    `dataset_name` is loaded with `datasets.load_dataset` (a Hub id, offline from the cache; a folder of data files;
+    a `.json`/`.jsonl`/`.parquet`/`.csv` file) or, for a folder written by `save_to_disk`, `datasets.load_from_disk`.
+    Its rows are in one of TRL's vision layouts (`images` + `messages`, or conversational prompt-completion with typed
+    image content) or the LLaVA layout of `tga_hf.data`; the caption comes from `--caption_column`.
+
+    Parameters:
+        data (`str`, *optional*):
+            A LLaVA-layout JSON file (LLaVA-558K / 665K: `{"image", "conversations"}` records) instead of
+            `dataset_name`.
+        image_folder (`str`, *optional*):
+            The folder the `data` JSON's image paths are relative to.
+        captions (`str`, *optional*):
+            JSON `{image path: caption}` for `data` (stage 2); stage 1 takes each record's answer as its caption.
+        retrieved_texts (`str`, *optional*):
+            JSON `{image path: retrieved text}` computed offline for `data`; else the processor's retriever runs.
+        stage (`str`, *optional*):
+            `"pretrain"` (projector only, lr 1e-3) or `"finetune"` (projector + LLM, lr 2e-6; 2e-4 with
+            `--use_peft`): presets under the config file and the command line.
+
+    Example:
+
+    ```python
+    >>> script_args, training_args, model_args = make_parser().parse_args_and_config(
+    ...     ["--model_name_or_path", "tiny", "--dataset_name", "rows.jsonl", "--output_dir", "out"])
+    ```"""
+
+    data: str | None = dataclasses.field(
+        default=None, metadata={"help": "LLaVA-layout JSON (LLaVA-558K/665K) instead of --dataset_name."}
+    )
+    image_folder: str | None = dataclasses.field(
+        default=None, metadata={"help": "Folder the --data JSON's image paths are relative to."}
+    )
+    captions: str | None = dataclasses.field(
+        default=None, metadata={"help": "JSON {image path: caption} for --data (stage 2); stage 1 uses the answers."}
+    )
+    retrieved_texts: str | None = dataclasses.field(
+        default=None, metadata={"help": "JSON {image path: retrieved text} computed offline, for --data."}
+    )
+    stage: Literal["pretrain", "finetune"] | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Preset: 'pretrain' (projector only, lr 1e-3) or 'finetune' (lr 2e-6, 2e-4 with LoRA)."},
+    )
 
 
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+def make_parser(prog: str = PROG) -> TrlParser:
+    """TRL's parser over `(TGAScriptArguments, TGAConfig, ModelConfig)`, as `trl sft` builds it over its own three."""
+    return TrlParser((TGAScriptArguments, TGAConfig, ModelConfig), prog=prog)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    # Registered without options: everything after `train` goes to the TrlParser (as `trl sft` does), `-h` included.
     parser = subparsers.add_parser(
-        "train",
-        help="train a TGA-LLaVA model (guide loss + LM loss)",
-        description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "train", help="train a TGA-LLaVA model (guide loss + LM loss; TRL flags)", add_help=False
     )
-    parser.add_argument("--config", type=Path, help="YAML/JSON file with any of these options and TGAConfig fields")
-    parser.add_argument("--model", help="a saved TGA-LLaVA folder, or 'tiny' for the random tiny model")
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        default=None,
-        help="allow --model's own Python code (auto_map) to run; TGA-LLaVA folders never need it",
+    parser.set_defaults(func=run_train, parses_remaining=True)
+
+
+def parse_train_args(argv: list[str]) -> tuple[TGAScriptArguments, TGAConfig, ModelConfig]:
+    """Parse `tga-hf train` arguments: stage preset < `--config` file < command line. Errors are argparse errors
+    (usage and one line, exit status 2) naming the flag, key or value.
+
+    Example:
+
+    ```python
+    >>> script_args, training_args, model_args = parse_train_args(
+    ...     ["--config", "configs/train/pretrain.yaml", "--max_steps", "10"])
+    ```"""
+    parser = make_parser()
+    # First pass only to learn the stage, whose preset becomes the defaults of the real pass.
+    stage_args, _, stage_model_args, _ = _parse(parser, argv, return_remaining_strings=True)
+    parser = make_parser()
+    if stage_args.stage is not None:
+        if stage_model_args.use_peft and stage_args.stage == "pretrain":
+            parser.error("--use_peft applies to stage 2 (--stage finetune); stage 1 trains the projector only")
+        parser.set_defaults_with_config(
+            **STAGE_PRESETS["finetune-lora" if stage_model_args.use_peft else stage_args.stage]
+        )
+    *parsed, config_rest, cli_rest = _parse(
+        parser, argv, return_remaining_strings=True, separate_remaining_strings=True
     )
-    parser.add_argument("--data", help="a LLaVA-style JSON file or a dataset folder saved with save_to_disk")
-    parser.add_argument("--image-folder", help="folder the LLaVA JSON image paths are relative to")
-    parser.add_argument("--captions", help="JSON {image path: caption} (stage 2); stage 1 uses the answers")
-    parser.add_argument("--retrieved-texts", help="JSON {image path: retrieved text} computed offline")
-    parser.add_argument("--image-column", help="image column of a dataset folder (default: image)")
-    parser.add_argument("--caption-column", help="caption column of a dataset folder (default: caption)")
-    parser.add_argument("--instruction-column", help="instruction column of a dataset folder")
-    parser.add_argument("--answer-column", help="answer column of a dataset folder (default: the caption)")
-    parser.add_argument("--stage", choices=("pretrain", "finetune"), help="pretrain: projector only; finetune: +LLM")
-    parser.add_argument("--lora", action="store_true", default=None, help="stage 2 with peft LoRA on the LLM")
-    parser.add_argument("--lora-r", type=int, help="LoRA rank (default 16)")
-    parser.add_argument("--lora-alpha", type=int, help="LoRA alpha (default 32)")
-    parser.add_argument("--output-dir", help="where checkpoints and the final model go")
-    parser.add_argument("--max-steps", type=int, help="optimizer steps (default: one epoch)")
-    parser.add_argument("--learning-rate", type=float, help="default: the stage preset")
-    parser.add_argument("--per-device-train-batch-size", type=int)
-    parser.add_argument("--guide-loss-weight", type=float, help="lambda; 0 = retrieval prefix only")
-    parser.add_argument("--guide-layers", help="'auto' or comma-separated hidden-state indices, e.g. 10,12,14")
-    parser.add_argument("--resume-from-checkpoint", help="a checkpoint folder, or 'last'")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any other TGAConfig field (repeatable)"
-    )
-    parser.set_defaults(func=run_train)
+    if config_rest:
+        config = argv[argv.index("--config") + 1]
+        keys = [item[2:] for item in config_rest[::2]]
+        parser.error(f"{config}: unknown keys {keys} (not TGAScriptArguments / TGAConfig / ModelConfig fields)")
+    if cli_rest:
+        parser.error(f"unknown arguments {cli_rest} (see `{PROG} --help`)")
+    script_args, training_args, model_args = parsed
+    if not model_args.model_name_or_path:
+        parser.error(
+            "--model_name_or_path is required (on the command line or in --config): a TGA-LLaVA folder or 'tiny'"
+        )
+    if (script_args.data is None) == (script_args.dataset_name is None):
+        parser.error("give exactly one of --dataset_name (datasets, TRL layouts) and --data (LLaVA-layout JSON)")
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        parser.error("--load_in_4bit / --load_in_8bit are not supported by tga-hf train")
+    return script_args, training_args, model_args
 
 
-def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Merge stage preset < config file < command line. Returns (command options, TGAConfig kwargs)."""
-    settings: dict[str, Any] = {}
-    if args.config is not None:
-        text = args.config.read_text(encoding="utf-8")
-        loaded = json.loads(text) if args.config.suffix == ".json" else _load_yaml(text)
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{args.config} must hold a mapping of option names to values")
-        settings.update({key.replace("-", "_"): value for key, value in loaded.items()})
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        settings[key.replace("-", "_")] = _load_yaml(value)
-    cli = {key: value for key, value in vars(args).items() if key not in ("config", "set", "func", "command")}
-    settings.update({key: value for key, value in cli.items() if value is not None})
-
-    for required in ("model", "data", "stage"):
-        if not settings.get(required):
-            raise ValueError(f"--{required.replace('_', '-')} is required (on the command line or in --config)")
-    if settings["stage"] not in ("pretrain", "finetune"):
-        raise ValueError(f"stage must be 'pretrain' or 'finetune', got {settings['stage']!r}")
-    if settings.get("lora") and settings["stage"] == "pretrain":
-        raise ValueError("--lora applies to stage 2 (finetune); stage 1 trains the projector only")
-    preset = STAGE_PRESETS["finetune-lora" if settings.get("lora") else settings["stage"]]
-    command = {key: settings.pop(key) for key in COMMAND_KEYS if key in settings}
-    config_kwargs = {**preset, **settings}
-    config_kwargs.setdefault("output_dir", f"tga-{command['stage']}")
-    return command, config_kwargs
+def _parse(parser: TrlParser, argv: list[str], **kwargs) -> tuple:
+    """`parse_args_and_config`, with the settings' own checks (TGAConfig, TrainingArguments: e.g. bf16 on a CPU, which
+    TRL's SFTConfig turns on by default) as one-line argparse errors."""
+    try:
+        return parser.parse_args_and_config(argv, **kwargs)
+    except ValueError as error:
+        parser.error(str(error).splitlines()[0])
 
 
-def load_rows(command: dict[str, Any]):
-    """The training rows: a LLaVA JSON file, or a dataset folder (save_to_disk) with image/caption columns."""
+def load_dataset_from_name(name: str, config: str | None = None, streaming: bool = False) -> Any:
+    """`datasets.load_dataset` for a Hub id (offline: from the cache), a folder of data files or one data file;
+    `datasets.load_from_disk` for a folder written by `save_to_disk`, which `load_dataset` refuses to read."""
     import datasets
 
-    from ..data import from_hf_dataset, load_llava_json
+    path = Path(name).expanduser()
+    if path.is_dir() and any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
+        return datasets.load_from_disk(str(path))
+    if path.is_file():
+        # load_dataset reads a single file only through its format's builder
+        builders = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+        if path.suffix not in builders:
+            raise ValueError(f"--dataset_name {name}: unknown data file type {path.suffix!r}; use {sorted(builders)}")
+        return datasets.load_dataset(builders[path.suffix], data_files=str(path), streaming=streaming)
+    return datasets.load_dataset(name, name=config, streaming=streaming)
 
-    data = Path(command["data"])
-    if data.suffix == ".json":
-        if not command.get("image_folder"):
-            raise ValueError("--image-folder is required with a LLaVA JSON file")
-        return load_llava_json(
+
+def load_training_data(script_args: TGAScriptArguments, training_args: TGAConfig) -> tuple[Any, Any]:
+    """(train dataset, eval dataset or None) from `--dataset_name` (split `--dataset_train_split`, eval split
+    `--dataset_test_split` when `--eval_strategy` is not "no") or from a LLaVA-layout `--data` JSON."""
+    import datasets
+
+    if script_args.data is not None:
+        from ..data import load_llava_json
+
+        data = Path(script_args.data)
+        if data.suffix != ".json":
+            raise ValueError(
+                f"--data {data}: expected a LLaVA-layout .json file; pass datasets and other files as --dataset_name"
+            )
+        if not script_args.image_folder:
+            raise ValueError("--image_folder is required with a LLaVA-layout --data JSON file")
+        rows = load_llava_json(
             data,
-            command["image_folder"],
-            captions=command.get("captions"),
-            caption_from_answer=command.get("captions") is None and command["stage"] == "pretrain",
-            retrieved_texts=command.get("retrieved_texts"),
+            script_args.image_folder,
+            captions=script_args.captions,
+            caption_from_answer=script_args.captions is None and script_args.stage == "pretrain",
+            retrieved_texts=script_args.retrieved_texts,
         )
-    if data.is_dir():
-        return from_hf_dataset(
-            datasets.load_from_disk(str(data)),
-            image_column=command.get("image_column") or "image",
-            caption_column=command.get("caption_column") or "caption",
-            instruction_column=command.get("instruction_column"),
-            answer_column=command.get("answer_column"),
-        )
-    raise ValueError(f"--data {data}: expected a LLaVA JSON file or a dataset folder saved with save_to_disk")
+        return rows, None
+    dataset = load_dataset_from_name(
+        script_args.dataset_name, script_args.dataset_config, streaming=script_args.dataset_streaming
+    )
+    evaluate = training_args.eval_strategy != "no"
+    if not isinstance(dataset, datasets.DatasetDict | datasets.IterableDatasetDict):
+        if evaluate:
+            raise ValueError(f"--dataset_name {script_args.dataset_name} has no splits to evaluate on")
+        return dataset, None
+    for split in [script_args.dataset_train_split] + ([script_args.dataset_test_split] if evaluate else []):
+        if split not in dataset:
+            raise ValueError(f"--dataset_name {script_args.dataset_name} has no split {split!r}: {sorted(dataset)}")
+    return dataset[script_args.dataset_train_split], dataset[script_args.dataset_test_split] if evaluate else None
 
 
-def load_model(name: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
+def load_model(
+    name: str,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
+) -> tuple[Any, Any]:
     """(model, processor) to train: the tiny random model for 'tiny', else `tga_hf.hub.loading.load_model` (remote
     code only with `trust_remote_code`)."""
     if name == "tiny":
@@ -158,29 +209,69 @@ def load_model(name: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
         return tiny_tga_llava()
     from ..hub.loading import load_model as load_any_model
 
-    model, processor, _ = load_any_model(name, trust_remote_code=trust_remote_code, multimodal_only=True)
+    model, processor, _ = load_any_model(
+        name,
+        trust_remote_code=trust_remote_code,
+        multimodal_only=True,
+        revision=None if revision == "main" else revision,
+        dtype=None if dtype == "auto" else dtype,
+        attn_implementation=attn_implementation,
+    )
     return model, processor
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from .config import TGAConfig
+def peft_config_from(model_args: ModelConfig) -> Any:
+    """The LoRA config of `--use_peft`: `tga_lora_config` (LoRA on the LLM's projections only, the projector trained
+    and saved in full) with ModelConfig's `lora_r`, `lora_alpha`, `lora_dropout`, `use_rslora`, `use_dora`;
+    `--lora_target_modules` replaces the LLM-only target, `--lora_modules_to_save` adds to the projector."""
+    if not model_args.use_peft:
+        return None
+    from peft import LoraConfig
+
     from .stages import tga_lora_config
+
+    base = tga_lora_config(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout)
+    extra = {"target_parameters": model_args.lora_target_parameters} if model_args.lora_target_parameters else {}
+    return LoraConfig(
+        r=base.r,
+        lora_alpha=base.lora_alpha,
+        lora_dropout=base.lora_dropout,
+        target_modules=model_args.lora_target_modules or base.target_modules,
+        modules_to_save=list(dict.fromkeys([*base.modules_to_save, *(model_args.lora_modules_to_save or [])])),
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
+        **extra,
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
     from .trainer import TGATrainer
 
-    command, config_kwargs = resolve_settings(args)
-    try:
-        config = TGAConfig(**config_kwargs)
-    except TypeError as error:
-        raise ValueError(f"unknown training setting: {error}") from None
-    rows = load_rows(command)
-    model, processor = load_model(command["model"], trust_remote_code=bool(command.get("trust_remote_code")))
-    peft_config = None
-    if command.get("lora"):
-        peft_config = tga_lora_config(r=command.get("lora_r") or 16, lora_alpha=command.get("lora_alpha") or 32)
-    trainer = TGATrainer(model, args=config, train_dataset=rows, processing_class=processor, peft_config=peft_config)
-    resume = config_kwargs.get("resume_from_checkpoint")
+    script_args, training_args, model_args = parse_train_args(list(args.remaining))
+    # The model first: a wrong path or untrusted remote code ends the command before any data is read
+    model, processor = load_model(
+        model_args.model_name_or_path,
+        trust_remote_code=training_args.trust_remote_code,
+        revision=model_args.model_revision,
+        dtype=model_args.dtype,
+        attn_implementation=model_args.attn_implementation,
+    )
+    train_dataset, eval_dataset = load_training_data(script_args, training_args)
+    trainer = TGATrainer(
+        model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=processor,
+        peft_config=peft_config_from(model_args),
+    )
+    resume = training_args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
-    trainer.save_model(config.output_dir)
-    processor.save_pretrained(config.output_dir)
-    print(f"saved the {command['stage']} model to {config.output_dir}")
+    # Saves the processor (chat template, retriever) with the weights; with --push_to_hub it also pushes them.
+    trainer.save_model(training_args.output_dir)
+    print(f"saved the {script_args.stage or 'trained'} model to {training_args.output_dir}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+        print(f"pushed to the Hub repository {trainer.hub_model_id}")
+    trainer.end()
     return 0

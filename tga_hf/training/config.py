@@ -21,8 +21,9 @@ class TGAConfig(SFTConfig):
             `0` turns the guide loss off entirely (no teacher pass): a plain SFT step on the TGA prompt, i.e. the
             "retrieval prefix only" ablation.
         guide_layers (`list[int]` or `"auto"`, *optional*, defaults to `"auto"`):
-            Hidden-state indices (1..num_hidden_layers) the guide loss aligns at. `"auto"` takes
-            `model.config.resolved_guide_layers()` (the measured safety band when the model has one).
+            Hidden-state indices (1..num_hidden_layers) the guide loss aligns at. `"auto"` (or `None`) takes
+            `model.config.resolved_guide_layers()` (the measured safety band when the model has one). On the command
+            line: `--guide_layers auto` or `--guide_layers 10,12,14`.
         guide_warmup_steps (`int`, *optional*, defaults to `0`):
             lambda ramps linearly from 0 to its value over this many optimizer steps.
         guide_schedule (`str`, *optional*, defaults to `"constant"`):
@@ -39,6 +40,9 @@ class TGAConfig(SFTConfig):
             Stage 1 (pre-training): only the multi-modal projector trains; vision tower and LLM are frozen.
         freeze_vision_tower (`bool`, *optional*, defaults to `True`):
             Keep the vision tower frozen in stage 2 as well (the LLaVA recipe and the paper).
+        caption_column (`str`, *optional*, defaults to `"caption"`):
+            The dataset column holding each image's caption, the teacher input of the guide loss. Every row needs one
+            unless `guide_loss_weight=0`.
 
     Example:
 
@@ -51,9 +55,11 @@ class TGAConfig(SFTConfig):
         default=None,
         metadata={"help": "lambda of the guide loss; None takes the model config's value, 0 disables the guide loss."},
     )
-    guide_layers: list[int] | int | str = field(
+    # `list[int] | str | None`: the one spelling of "a list or a string" that HfArgumentParser (TrlParser) turns into a
+    # string flag, so `--guide_layers auto` and `--guide_layers 10,12` both parse; __post_init__ reads the string.
+    guide_layers: list[int] | str | None = field(
         default="auto",
-        metadata={"help": "Hidden-state indices to guide, or 'auto' for model.config.resolved_guide_layers()."},
+        metadata={"help": "Hidden-state indices to guide ('10,12,14'), or 'auto' for the model's safety band."},
     )
     guide_warmup_steps: int = field(
         default=0, metadata={"help": "Ramp the guide loss weight linearly from 0 over this many steps."}
@@ -70,6 +76,9 @@ class TGAConfig(SFTConfig):
         default=False, metadata={"help": "Stage 1: train the projector only (vision tower and LLM frozen)."}
     )
     freeze_vision_tower: bool = field(default=True, metadata={"help": "Keep the vision tower frozen."})
+    caption_column: str = field(
+        default="caption", metadata={"help": "Dataset column with each image's caption (the guide loss's teacher)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -77,6 +86,8 @@ class TGAConfig(SFTConfig):
         weight = self.guide_loss_weight
         if weight is not None and (not math.isfinite(weight) or not weight >= 0):
             raise ValueError(f"guide_loss_weight must be a finite number >= 0, got {weight}")
+        if self.guide_layers is None:
+            self.guide_layers = "auto"
         if isinstance(self.guide_layers, int):
             self.guide_layers = [self.guide_layers]
         if isinstance(self.guide_layers, str):
@@ -88,6 +99,8 @@ class TGAConfig(SFTConfig):
                     raise ValueError(
                         f"guide_layers must be 'auto' or a list of ints, got {self.guide_layers!r}"
                     ) from None
+        if not isinstance(self.caption_column, str) or not self.caption_column:
+            raise ValueError(f"caption_column must be a column name, got {self.caption_column!r}")
         if self.guide_layers != "auto" and not self.guide_layers:
             raise ValueError("guide_layers must be 'auto' or a non-empty list of hidden-state indices")
         if self.guide_warmup_steps < 0:

@@ -10,13 +10,13 @@ from transformers import AutoModelForImageTextToText
 from trl import SFTTrainer
 from trl.trainer.utils import get_config_model_id
 
-from .collator import GUIDE_KEYS, TGADataCollator
+from .collator import GUIDE_KEYS, TGADataCollator, check_caption_column
 from .config import TGAConfig
 from .guide_loss import GuideLossOutput, guide_loss, pool_guide_states
 from .stages import set_trainable_parameters
 
-# Dataset columns the collator reads: kept although the model's forward does not take them.
-DATA_COLUMNS = ("image", "images", "caption", "prompt", "instruction", "completion", "answer", "retrieved_text")
+# Dataset columns the collator reads: kept although the model's forward does not take them (plus the caption column).
+DATA_COLUMNS = ("image", "images", "messages", "prompt", "instruction", "completion", "answer", "retrieved_text")
 
 
 class TGATrainer(SFTTrainer):
@@ -102,8 +102,16 @@ class TGATrainer(SFTTrainer):
             if processing_class is None:
                 raise ValueError("pass processing_class (the TGALlavaProcessor): the TGA collator needs it")
             data_collator = TGADataCollator(
-                processing_class, max_length=args.max_length, return_guide_inputs=self.guide_loss_weight > 0
+                processing_class,
+                max_length=args.max_length,
+                return_guide_inputs=self.guide_loss_weight > 0,
+                caption_column=args.caption_column,
             )
+        if self.guide_loss_weight > 0 and train_dataset is not None:
+            check_caption_column(train_dataset, args.caption_column)
+        # The collator renders and tokenizes every row itself; TRL must not prepare (tokenize) the dataset, which it
+        # would do for rows whose image sits inside the messages rather than in an image/images column.
+        args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         super().__init__(
             model=model,
             args=args,
@@ -130,7 +138,8 @@ class TGATrainer(SFTTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *DATA_COLUMNS]))
+        columns = [*self._signature_columns, *DATA_COLUMNS, self.args.caption_column]
+        self._signature_columns = list(dict.fromkeys(columns))
 
     def _tga_model(self, model: nn.Module) -> nn.Module:
         """The TGA-LLaVA module itself, under accelerate / DeepSpeed / peft wrappers (peft adapters stay active)."""
