@@ -1,4 +1,4 @@
-"""Model card and retrieval-index card of an exported TGA repository, rendered from the templates in `model_cards/`.
+"""Model card and retrieval-index card of an exported TGA repository, rendered from the templates in `templates/`.
 
 Every number in the card's evaluation section comes from an evaluation report; nothing is typed by hand. Two report
 shapes are read, every section optional:
@@ -42,7 +42,7 @@ from typing import Any
 import jinja2
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, EvalResultEntry, ModelCard, ModelCardData
 
-# model_cards/ at the project root, linked into the package so that installed wheels carry the templates too
+# package data (pyproject: tga_hf.hub templates/*.md), so that installed wheels carry the templates too
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 MODEL_CARD_TEMPLATE = TEMPLATES_DIR / "model_card.md"
 INDEX_CARD_TEMPLATE = TEMPLATES_DIR / "retrieval_index_card.md"
