@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, EvalResultEntry, ModelCard, ModelCardData
 
 # package data (pyproject: tga_hf.hub templates/*.md), so that installed wheels carry the templates too
@@ -361,13 +360,17 @@ def _recipe_rows(config: Any, report: EvalReport) -> list[dict[str, str]]:
     return [{"label": label, "value": format_value(value)} for label, value in rows if value is not None]
 
 
-def _render(template_path: Path, card_data: ModelCardData | DatasetCardData, **variables: Any) -> str:
-    """Render a card template as `RepoCard.from_template` does, with block-trimming so templates stay readable."""
+def _render(
+    card_class: type[ModelCard] | type[DatasetCard],
+    template_path: Path,
+    card_data: ModelCardData | DatasetCardData,
+    **variables: Any,
+) -> ModelCard | DatasetCard:
+    """`card_class.from_template` on one of the package's templates (or the caller's): huggingface_hub renders it
+    with Jinja's default settings, offline. The templates therefore mark their own whitespace (`{%- ... %}`)."""
     if not template_path.is_file():
         raise FileNotFoundError(f"card template not found: {template_path} (pass template_path= to use your own)")
-    environment = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    template = environment.from_string(template_path.read_text(encoding="utf-8"))
-    return template.render(card_data=card_data.to_yaml(), **variables)
+    return card_class.from_template(card_data, template_path=str(template_path), **variables)
 
 
 def model_card(
@@ -392,6 +395,8 @@ def model_card(
         datasets: Hub ids of the alignment datasets.
         files: `(path, description)` rows of the "Files" table.
         has_retriever: whether the repository ships `retrieval/` (adds the retrieval usage code).
+        template_path: a Jinja template of your own instead of `templates/model_card.md`; `ModelCard.from_template`
+            renders it with Jinja's default whitespace rules (mark trimming with `{%- ... %}`, as the package's do).
     """
     report = report if isinstance(report, EvalReport) else EvalReport.from_dict(report)
     base_models = [base_model] if isinstance(base_model, str) else list(base_model or [])
@@ -407,7 +412,8 @@ def model_card(
         eval_results=results or None,
     )
     image_size = config.vision_config.image_size
-    content = _render(
+    return _render(
+        ModelCard,
         Path(template_path) if template_path else MODEL_CARD_TEMPLATE,
         card_data,
         model_title=repo_id.split("/")[-1],
@@ -427,7 +433,6 @@ def model_card(
         metric_tables=_metric_tables(report),
         command=report.command,
     )
-    return ModelCard(content)
 
 
 _INDEX_LABELS = {
@@ -458,7 +463,8 @@ def index_card(
         pretty_name=f"TGA retrieval index {repo_id.split('/')[-1]}",
         size_categories=[_size_category(size)] if isinstance(size, int) else None,
     )
-    content = _render(
+    return _render(
+        DatasetCard,
         Path(template_path) if template_path else INDEX_CARD_TEMPLATE,
         card_data,
         repo_id=repo_id,
@@ -469,7 +475,6 @@ def index_card(
             for label, value in _flatten(retriever_config)
         ],
     )
-    return DatasetCard(content)
 
 
 def _size_category(size: int) -> str:
