@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..data import sources
 from ..data.sources import EvalItem
+from ..modeling import RETRIEVAL_DIR
 from .calibration import judge_calibration
 from .generation import generate_responses, read_jsonl, write_jsonl
 from .judges import (
@@ -82,7 +83,7 @@ def _attach_retriever(processor, model_path: str, retriever_path: str | None) ->
     """Attach `retriever_path` (or the model's own `retrieval/` folder) to the processor; whether one is attached."""
     if getattr(processor, "retriever", None) is not None:
         return True
-    path = Path(retriever_path) if retriever_path else Path(model_path) / "retrieval"
+    path = Path(retriever_path) if retriever_path else Path(model_path) / RETRIEVAL_DIR
     if not path.is_dir() or not hasattr(processor, "attach_retriever"):
         if retriever_path:
             raise SystemExit(f"--retriever {retriever_path}: not a folder, or the processor takes no retriever")

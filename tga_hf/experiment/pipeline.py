@@ -18,6 +18,7 @@ from ..eval.generation import RENDER_SIZE, build_prompt, generate_responses, wri
 from ..eval.judges import PhraseRefusalJudge, ProbeRefusalJudge, RefusalJudge, judge_agreement, probe_training_texts
 from ..eval.metrics import defense_success_rate, over_refusal_rate, utility_scores
 from ..hub import export
+from ..modeling import RETRIEVAL_DIR
 from ..projector_init import calibrate_projector
 from ..retrieval import TextRetriever, joint_encoder
 from ..training import TGAConfig, TGATrainer, tga_lora_config
@@ -284,7 +285,7 @@ def export_and_reload(
     reloaded = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
     reloaded_processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     if getattr(reloaded_processor, "retriever", None) is None:
-        reloaded_processor.attach_retriever(TextRetriever.load(folder / "retrieval"))
+        reloaded_processor.attach_retriever(TextRetriever.load(folder / RETRIEVAL_DIR))
     answers = {}
     for name, item in (("benign", data.benign_test[0]), ("toxic", data.toxic_test[0])):
         record = generate_responses(

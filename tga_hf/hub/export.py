@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from ..fileio import atomic_directory
+from ..modeling import RETRIEVAL_DIR
 from .cards import EvalReport, eval_result_entries, index_card, model_card, read_report
 
 REMOTE_CODE_FILES = ("configuration_tga_llava.py", "modeling_tga_llava.py", "processing_tga_llava.py")
-RETRIEVAL_DIR = "retrieval"
 EVAL_RESULTS_FILE = ".eval_results/tga_safety.yaml"
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 

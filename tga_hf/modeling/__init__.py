@@ -6,9 +6,15 @@ Importing this package registers the classes with the Auto* factories in-process
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-from .configuration_tga_llava import DEFAULT_MAX_RETRIEVED_TOKENS, DEFAULT_REFUSAL_FAMILY, TGALlavaConfig
-from .modeling_tga_llava import TGALlavaForConditionalGeneration, TGALlavaModel, final_norm, masked_mean
-from .processing_tga_llava import DEFAULT_RETRIEVAL_TEMPLATE, CleanedText, TGALlavaProcessor, clean_untrusted_text
+from .configuration_tga_llava import (
+    DEFAULT_MAX_RETRIEVED_TOKENS,
+    DEFAULT_REFUSAL_FAMILY,
+    DEFAULT_RETRIEVAL_TEMPLATE,
+    TGALlavaConfig,
+    check_layer_range,
+)
+from .modeling_tga_llava import TGALlavaForConditionalGeneration, TGALlavaModel, final_norm, logit_lens, masked_mean
+from .processing_tga_llava import RETRIEVAL_DIR, CleanedText, TGALlavaProcessor, clean_untrusted_text
 
 AutoConfig.register(TGALlavaConfig.model_type, TGALlavaConfig, exist_ok=True)
 AutoModel.register(TGALlavaConfig, TGALlavaModel, exist_ok=True)
@@ -25,11 +31,14 @@ __all__ = [
     "DEFAULT_MAX_RETRIEVED_TOKENS",
     "DEFAULT_REFUSAL_FAMILY",
     "DEFAULT_RETRIEVAL_TEMPLATE",
+    "RETRIEVAL_DIR",
     "TGALlavaConfig",
     "TGALlavaForConditionalGeneration",
     "TGALlavaModel",
     "TGALlavaProcessor",
+    "check_layer_range",
     "clean_untrusted_text",
     "final_norm",
+    "logit_lens",
     "masked_mean",
 ]
