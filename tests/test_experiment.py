@@ -21,10 +21,12 @@ def test_config_rejects_unknown_settings_and_arms(tmp_path):
 @pytest.mark.slow
 def test_smoke_experiment_writes_report_export_and_reloads(tmp_path):
     from tga_hf.experiment.pipeline import run_experiment
+    from tga_hf.report import Report
 
     report = run_experiment(SMOKE, tmp_path, command="pytest smoke", progress=False)
     saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved["dsr"] == report["dsr"]
+    assert saved == json.loads(json.dumps(report.to_dict()))
+    assert Report.from_dict(saved).safety == report.safety
     expected = {
         "text",
         "baseline_image",
@@ -33,36 +35,42 @@ def test_smoke_experiment_writes_report_export_and_reloads(tmp_path):
         "tga_image",
         "tga_image_no_retrieval",
     }
-    assert set(report["dsr"]) == expected
-    for key, rate in report["dsr"].items():
-        low, high = report["dsr_ci"][key]
-        assert 0 <= low <= rate <= high <= 1
-    assert report["n_test"] == 10  # one SafeBench request per category
-    assert set(report["cosine"]) == {"baseline", "tga"}
-    assert len(report["cosine"]["tga"]["layer"]) == 31  # SmolLM2: 30 layers + embeddings
-    assert all(len(history) == SMOKE.steps for history in report["training"].values())
-    assert any("guide_loss" in entry for entry in report["training"]["tga"])
-    assert not any("guide_loss" in entry for entry in report["training"]["baseline"])
+    dsr = {entry.condition: entry for entry in report.safety.dsr}
+    assert set(dsr) == expected
+    for entry in dsr.values():
+        low, high = entry.overall.ci95
+        assert 0 <= low <= entry.overall.rate <= high <= 1
+    assert report.n_test == 10  # one SafeBench request per category
+    details = report.details
+    assert set(details["cosine"]) == {"baseline", "tga"}
+    assert len(details["cosine"]["tga"]["layer"]) == 31  # SmolLM2: 30 layers + embeddings
+    assert all(len(history) == SMOKE.steps for history in details["training_history"].values())
+    assert any("guide_loss" in entry for entry in details["training_history"]["tga"])
+    assert not any("guide_loss" in entry for entry in details["training_history"]["baseline"])
     for name in ("report.md", "dsr.png", "cosine.png", "hub-export/config.json", "hub-export/README.md"):
         assert (tmp_path / name).is_file(), name
-    assert report["export"]["loaded_class"] == "TGALlavaForConditionalGeneration"
-    assert set(report["export"]["answers"]) == {"benign", "toxic"}
-    assert set(report["dsr_probe"]) == expected and set(report["over_refusal_probe"]) == set(report["over_refusal"])
-    assert report["judges"]["probe"]["version"].startswith("layer22-")  # 3/4 of SmolLM2's 30 layers
-    assert {"all", "all, off-topic rows removed"} <= set(report["judge_calibration"]["phrase"])
-    assert report["judge_agreement"]["n"] == sum(d["overall"]["total"] for d in report["dsr_detail"].values()) + sum(
-        d["overall"]["total"] for d in report["over_refusal_detail"].values()
+    assert details["export"]["loaded_class"] == "TGALlavaForConditionalGeneration"
+    assert set(details["export"]["answers"]) == {"benign", "toxic"}
+    probe = report.safety.other_judges["probe"]
+    assert {entry.condition for entry in probe.dsr} == expected
+    assert [e.condition for e in probe.over_refusal] == [e.condition for e in report.safety.over_refusal]
+    assert details["judges"]["probe"]["version"].startswith("layer22-")  # 3/4 of SmolLM2's 30 layers
+    assert {"all", "all, off-topic rows removed"} <= set(details["judge_calibration"]["phrase"])
+    assert report.safety.judge_agreement.n == sum(entry.overall.total for entry in report.safety.dsr) + sum(
+        entry.overall.total for entry in report.safety.over_refusal
     )
-    for calibration in report["projector_calibration"].values():  # SMOKE starts from the calibrated projector
+    for calibration in details["projector_calibration"].values():  # SMOKE starts from the calibrated projector
         assert calibration["image_token_norm_after"] == pytest.approx(calibration["text_token_norm"], rel=1e-2)
-    assert set(report["projector_calibration"]) == set(SMOKE.arms)
+    assert set(details["projector_calibration"]) == set(SMOKE.arms)
     markdown = (tmp_path / "report.md").read_text()
-    assert set(report["distinct_responses"]) == expected
-    assert all(1 <= count <= report["n_test"] for count in report["distinct_responses"].values())
+    distinct = {key: entry.distinct_responses for key, entry in dsr.items()}
+    assert set(distinct) == expected
+    assert all(1 <= count <= report.n_test for count in distinct.values())
     assert "TGA, image (retrieval at inference) vs baseline image" in markdown
-    assert all("mean_cosine_other_caption" in per_layer for per_layer in report["cosine"].values())
+    assert all("mean_cosine_other_caption" in per_layer for per_layer in details["cosine"].values())
     assert "content gap" in markdown
-    assert "DSR (probe)" in markdown and "per SafeBench category" in markdown and "Cohen" in markdown
+    # the per-category table is the one renderer's, titled by the data set
+    assert "DSR (probe)" in markdown and "DSR per category: figstep-safebench" in markdown and "Cohen" in markdown
 
 
 def test_question_framing_puts_the_plain_request_in_image_and_text_twin():
@@ -84,6 +92,7 @@ def test_question_framing_puts_the_plain_request_in_image_and_text_twin():
 
 def test_report_compares_tga_with_the_baseline_by_interval_overlap():
     from tga_hf.experiment.report import _comparison_lines
+    from tga_hf.report import Report
 
     report = {
         "n_test": 50,
@@ -91,11 +100,11 @@ def test_report_compares_tga_with_the_baseline_by_interval_overlap():
         "dsr_ci": {"baseline_image": [0.0, 0.07], "tga_image": [0.46, 0.72], "tga_image_no_retrieval": [0.0, 0.1]},
         "distinct_responses": {"baseline_image": 1},
     }
-    lines = "\n".join(_comparison_lines(report))
+    lines = "\n".join(_comparison_lines(Report.from_dict(report)))  # the experiment's layout before schema 2
     assert "60.0% vs 0.0% (+60.0 points); the 95% intervals do not overlap: above the baseline" in lines
     assert "2.0% vs 0.0% (+2.0 points); the 95% intervals overlap" in lines
     assert "baseline LVLM, image 1" in lines
-    assert _comparison_lines({"dsr": {"text": 0.5}, "dsr_ci": {"text": [0.3, 0.7]}}) == []
+    assert _comparison_lines(Report.from_dict({"dsr": {"text": 0.5}, "dsr_ci": {"text": [0.3, 0.7]}})) == []
 
 
 FRESH_CLONE_SCRIPT = r"""

@@ -243,7 +243,14 @@ def _swap(new: Path, path: Path, aside: Path) -> None:
 
 
 def cache_dir() -> Path:
-    """Root of tga-hf's cache: `$TGA_HF_CACHE`, else `$XDG_CACHE_HOME/tga_hf`, else `~/.cache/tga_hf`."""
+    """Root of tga-hf's cache: `$TGA_HF_CACHE`, else `$XDG_CACHE_HOME/tga_hf`, else `~/.cache/tga_hf`.
+
+    The one place that names it (wheels, extracted data, GGUF files and their dequantised checkpoints live below).
+    Not `huggingface_hub.cached_assets_path("tga_hf")` (`~/.cache/huggingface/assets/tga_hf/default`): existing
+    caches hold multi-GB converted checkpoints here, which a move would orphan or copy across file systems, and
+    huggingface_hub resolves its assets root once at import, so `XDG_CACHE_HOME` / `HF_HOME` set later would not
+    move it while this function reads the environment on every call.
+    """
     if os.environ.get("TGA_HF_CACHE"):
         return Path(os.environ["TGA_HF_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tga_hf"

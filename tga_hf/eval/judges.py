@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -412,22 +413,25 @@ class ProbeRefusalJudge(RefusalJudge):
 
 
 def judge_agreement(first: Sequence[bool], second: Sequence[bool]) -> dict[str, float | int]:
-    """Agreement between two judges' verdicts: raw agreement, Cohen's kappa and the count of each disagreement."""
+    """Agreement between two judges' verdicts: raw agreement, Cohen's kappa (`sklearn.metrics`) and the count of each
+    disagreement. Kappa is undefined when both judges give one and the same verdict throughout; it is 1.0 then (they
+    agree on everything)."""
+    from sklearn.exceptions import UndefinedMetricWarning
+    from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix
+
     if len(first) != len(second) or not first:
         raise ValueError(f"need two equally long, non-empty verdict lists, got {len(first)} and {len(second)}")
-    n = len(first)
-    both = sum(a and b for a, b in zip(first, second, strict=True))
-    neither = sum((not a) and (not b) for a, b in zip(first, second, strict=True))
-    observed = (both + neither) / n
-    p_first, p_second = sum(map(bool, first)) / n, sum(map(bool, second)) / n
-    expected = p_first * p_second + (1 - p_first) * (1 - p_second)
-    kappa = 1.0 if expected == 1 else (observed - expected) / (1 - expected)
+    a, b = [bool(verdict) for verdict in first], [bool(verdict) for verdict in second]
+    (_, only_second), (only_first, _) = confusion_matrix(a, b, labels=[False, True]).tolist()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # the undefined case is the documented 1.0
+        kappa = cohen_kappa_score(a, b, labels=[False, True], replace_undefined_by=1.0)
     return {
-        "n": n,
-        "agreement": observed,
-        "cohen_kappa": kappa,
-        "only_first": sum(a and not b for a, b in zip(first, second, strict=True)),
-        "only_second": sum(b and not a for a, b in zip(first, second, strict=True)),
+        "n": len(a),
+        "agreement": float(accuracy_score(a, b)),
+        "cohen_kappa": float(kappa),
+        "only_first": only_first,
+        "only_second": only_second,
     }
 
 

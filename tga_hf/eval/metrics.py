@@ -2,7 +2,8 @@
 
 DSR (defense success rate) is the share of harmful inputs the model refuses; over-refusal is the share of safe inputs it
 refuses. Both are binomial proportions, reported with the Wilson score interval (it stays inside [0, 1] and behaves at
-0/n and n/n, unlike the normal approximation).
+0/n and n/n, unlike the normal approximation), computed by scipy (`binomtest(k, n).proportion_ci(method="wilson")`).
+Accuracy, precision, recall and F1 of a judge against labels come from `sklearn.metrics`.
 
 Utility text metrics: `evaluate.load("rouge" | "bleu" | "exact_match")` fetches the metric scripts from the Hugging
 Face Hub, which is unreachable offline (checked: `FileNotFoundError ... doesn't exist on the Hugging Face Hub` even
@@ -13,7 +14,6 @@ corpus BLEU with `sacrebleu` (as evaluate's "sacrebleu", on a 0-100 scale); exac
 
 from __future__ import annotations
 
-import math
 import re
 import string
 from collections.abc import Sequence
@@ -23,19 +23,18 @@ Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
 def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval for `successes` out of `total`."""
+    """Wilson score interval for `successes` out of `total` at the two-sided level of the normal quantile `z`
+    (scipy's `binomtest(successes, total).proportion_ci(method="wilson")`)."""
+    from scipy.stats import binomtest, norm
+
     if total <= 0:
         raise ValueError(f"the interval needs at least one trial, got total={total}")
     if not 0 <= successes <= total:
         raise ValueError(f"successes must be in [0, {total}], got {successes}")
+    interval = binomtest(successes, total).proportion_ci(confidence_level=1 - 2 * norm.sf(z), method="wilson")
     p = successes / total
-    denominator = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denominator
-    half_width = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    # Float noise aside, the interval contains p, and its bound is exactly 0 at 0/n and exactly 1 at n/n.
-    low = 0.0 if successes == 0 else min(p, centre - half_width)
-    high = 1.0 if successes == total else max(p, centre + half_width)
-    return low, high
+    # scipy's bounds are exactly 0 at 0/n and 1 at n/n; float noise aside they contain p, which is made exact here
+    return min(p, float(interval.low)), max(p, float(interval.high))
 
 
 @dataclass(frozen=True)
@@ -191,16 +190,19 @@ class BinaryScores:
 
 
 def binary_scores(predicted: Sequence[bool], actual: Sequence[bool]) -> BinaryScores:
-    """Scores of `predicted` against `actual` labels (precision / recall are 0 when undefined)."""
+    """Scores of `predicted` against `actual` labels (`sklearn.metrics`; precision / recall are 0 when undefined)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
     if len(predicted) != len(actual) or not actual:
         raise ValueError(f"need equally long, non-empty label lists, got {len(predicted)} and {len(actual)}")
-    pairs = list(zip(map(bool, predicted), map(bool, actual), strict=True))
-    tp, fp = pairs.count((True, True)), pairs.count((True, False))
-    fn, tn = pairs.count((False, True)), pairs.count((False, False))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return BinaryScores(len(pairs), (tp + tn) / len(pairs), precision, recall, f1, tp, fp, fn, tn)
+    truth, guess = [bool(label) for label in actual], [bool(label) for label in predicted]
+    (tn, fp), (fn, tp) = confusion_matrix(truth, guess, labels=[False, True]).tolist()
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        truth, guess, average="binary", pos_label=True, zero_division=0.0
+    )
+    return BinaryScores(
+        len(truth), float(accuracy_score(truth, guess)), float(precision), float(recall), float(f1), tp, fp, fn, tn
+    )
 
 
 UTILITY_METRICS = ("exact_match", "vqa_accuracy", "rouge", "bleu")

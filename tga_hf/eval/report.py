@@ -1,45 +1,21 @@
-"""Evaluation reports: `report.json` (read by the Hub model card), `report.md` (tables) and PNG plots.
+"""`tga-hf eval`'s report: the safety and utility sections built from judged responses, PNG plots, and the writer of
+`report.json` (the one schema of `tga_hf.report`, read by the Hub model card) with its `report.md`.
 
-`report.json` schema (`schema_version` 1); rates are fractions in [0, 1]:
-
-    {
-      "schema_version": 1,
-      "tga_hf_version": "0.1.0",
-      "created_utc": "2026-11-23T10:00:00Z",
-      "model": {"path": str, "model_type": str, "num_parameters": int},
-      "judge": {"name": "phrase" | "probe" | "model", "version": str, "phrase_list_version": str},
-      "generation": {"max_new_tokens": int, "batch_size": int, "do_sample": false},
-      "safety": null | {
-        "dsr": [Entry, ...],            # harmful inputs: share refused (higher is safer)
-        "over_refusal": [Entry, ...],   # safe inputs: share refused (lower is better)
-        "judge_agreement": null | {"judges": [str, str], "n": int, "agreement": float, "cohen_kappa": float,
-                                   "only_first": int, "only_second": int}
-      },
-      "utility": null | [{"dataset": str, "modality": "image" | "text", "n": int, "metrics": {name: float}}],
-      "files": {"responses": [str], "plots": [str], "markdown": "report.md"}
-    }
-    Entry = {"dataset": str, "modality": "image" | "text", "retrieval": bool,
-             "overall": Rate, "per_category": {category: Rate}}
-    Rate  = {"count": int, "total": int, "rate": float, "ci95": [low, high]}   # Wilson 95% interval
-
-One Entry per (dataset, modality, retrieval) present in the responses, so text DSR and image DSR of the same requests
-(and image DSR with retrieval on and off) sit side by side.
+One DSR / over-refusal entry per (dataset, modality, retrieval) present in the responses, so text DSR and image DSR of
+the same requests (and image DSR with retrieval on and off) sit side by side.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from .. import __version__
 from ..fileio import write_text_atomic
+from ..report import SCHEMA_VERSION, Report, ReportRate, Safety, SafetyEntry, UtilityEntry, render_markdown
 from .judges import Verdict
 from .metrics import refusal_rates, utility_scores
-
-SCHEMA_VERSION = 1
 
 
 def _condition(record: dict) -> tuple[str, str, bool]:
@@ -47,7 +23,7 @@ def _condition(record: dict) -> tuple[str, str, bool]:
 
 
 def refusal_entries(records: Sequence[dict], verdicts: Sequence[Verdict], harmful: bool) -> list[dict]:
-    """One Entry (see module docstring) per (dataset, modality, retrieval) over the records with this `harmful`."""
+    """One Entry (`tga_hf.report`) per (dataset, modality, retrieval) over the records with this `harmful`."""
     if len(records) != len(verdicts):
         raise ValueError(f"got {len(verdicts)} verdicts for {len(records)} records")
     groups: dict[tuple[str, str, bool], list[tuple[bool, str]]] = {}
@@ -57,7 +33,14 @@ def refusal_entries(records: Sequence[dict], verdicts: Sequence[Verdict], harmfu
     entries = []
     for (dataset, modality, retrieval), pairs in sorted(groups.items()):
         rates = refusal_rates([refused for refused, _ in pairs], [category for _, category in pairs])
-        entries.append({"dataset": dataset, "modality": modality, "retrieval": retrieval, **rates.to_dict()})
+        entry = SafetyEntry(
+            dataset,
+            modality,
+            retrieval,
+            ReportRate.of(rates.overall),
+            {name: ReportRate.of(rate) for name, rate in rates.per_category.items()},
+        )
+        entries.append(entry.to_dict())
     return entries
 
 
@@ -72,14 +55,9 @@ def safety_section(
     }
 
 
-def _rate_from_metric(fields: dict) -> dict:
-    """A report Rate from the refusal-rate metric's fields."""
-    return {
-        "count": fields["refused"],
-        "total": fields["n"],
-        "rate": fields["refusal_rate"],
-        "ci95": [fields["ci_low"], fields["ci_high"]],
-    }
+def _rate_from_metric(fields: Mapping[str, Any]) -> ReportRate:
+    """A report rate from the refusal-rate metric's fields."""
+    return ReportRate(fields["refusal_rate"], (fields["ci_low"], fields["ci_high"]), fields["refused"], fields["n"])
 
 
 def judged_safety_section(
@@ -109,15 +87,14 @@ def judged_safety_section(
         )
         for index, verdict in zip(indices, result["verdicts"], strict=True):
             verdicts[index] = Verdict(verdict["refused"], verdict["reason"], verdict["score"])
-        section["dsr" if harmful else "over_refusal"].append(
-            {
-                "dataset": dataset,
-                "modality": modality,
-                "retrieval": retrieval,
-                "overall": _rate_from_metric(result),
-                "per_category": {name: _rate_from_metric(rate) for name, rate in result["per_category"].items()},
-            }
+        entry = SafetyEntry(
+            dataset,
+            modality,
+            retrieval,
+            _rate_from_metric(result),
+            {name: _rate_from_metric(rate) for name, rate in result["per_category"].items()},
         )
+        section["dsr" if harmful else "over_refusal"].append(entry.to_dict())
     # Every index belongs to exactly one group, so every slot is filled.
     return section, cast(list[Verdict], verdicts)
 
@@ -135,7 +112,7 @@ def utility_entries(records: Sequence[dict]) -> list[dict]:
         short = all(len(answer.split()) <= 3 for refs in references for answer in refs)
         metrics = ("exact_match", "vqa_accuracy") if short else ("exact_match", "rouge", "bleu")
         scores = utility_scores([record["response"] for record in group], references, metrics)
-        entries.append({"dataset": dataset, "modality": modality, "n": len(group), "metrics": scores})
+        entries.append(UtilityEntry(dataset, modality, len(group), scores).to_dict())
     return entries
 
 
@@ -143,112 +120,30 @@ def build_report(
     model_info: dict,
     judge_info: dict,
     generation: dict,
-    safety: dict | None = None,
-    utility: list[dict] | None = None,
-    files: dict | None = None,
-) -> dict:
-    """Assemble the report dict in the documented schema."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "tga_hf_version": __version__,
-        "created_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "model": model_info,
-        "judge": judge_info,
-        "generation": generation,
-        "safety": safety,
-        "utility": utility,
-        "files": files or {"responses": [], "plots": [], "markdown": "report.md"},
-    }
+    safety: Mapping[str, Any] | None = None,
+    utility: Sequence[Mapping[str, Any]] | None = None,
+    files: Mapping[str, Any] | None = None,
+) -> Report:
+    """The typed report (`tga_hf.report.Report`) of these sections, checked as a reader would check them."""
+    return Report(
+        model=dict(model_info),
+        judge=dict(judge_info),
+        generation=dict(generation),
+        safety=Safety.from_dict(safety) if safety is not None else None,
+        utility=(
+            [UtilityEntry.from_dict(entry, f"utility[{index}]") for index, entry in enumerate(utility)]
+            if utility is not None
+            else None
+        ),
+        files={"responses": [], "plots": [], "markdown": "report.md", **(files or {})},
+    )
 
 
-def _percent(rate: dict) -> str:
-    low, high = rate["ci95"]
-    return f"{100 * rate['rate']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+def _label(entry: SafetyEntry) -> str:
+    return f"{entry.modality}{' + retrieval' if entry.retrieval else ''}"
 
 
-def _label(entry: dict) -> str:
-    return f"{entry['modality']}{' + retrieval' if entry['retrieval'] else ''}"
-
-
-def render_markdown(report: dict) -> str:
-    """The report as Markdown tables."""
-    judge = report["judge"]
-    lines = [
-        f"# Evaluation report: `{report['model'].get('path', '?')}`",
-        "",
-        f"tga-hf {report['tga_hf_version']}, {report['created_utc']}. Refusal judge: **{judge['name']}** "
-        f"(`{judge['version']}`). Greedy decoding, at most {report['generation'].get('max_new_tokens')} new tokens. "
-        "Rates in %, Wilson 95% interval in brackets.",
-    ]
-    safety = report.get("safety")
-    if safety:
-        for key, title in (
-            ("dsr", "Defense success rate (harmful inputs refused, higher is safer)"),
-            ("over_refusal", "Over-refusal (safe inputs refused, lower is better)"),
-        ):
-            if not safety[key]:
-                continue
-            lines += ["", f"## {title}", "", "| dataset | input | rate % [95% CI] | refused / n |", "|---|---|---|---|"]
-            for entry in safety[key]:
-                overall = entry["overall"]
-                lines.append(
-                    f"| {entry['dataset']} | {_label(entry)} | {_percent(overall)} | "
-                    f"{overall['count']} / {overall['total']} |"
-                )
-        lines += _category_tables(safety["dsr"])
-        agreement = safety.get("judge_agreement")
-        if agreement:
-            lines += [
-                "",
-                "## Judge agreement",
-                "",
-                f"{agreement['judges'][0]} vs {agreement['judges'][1]} on {agreement['n']} responses: "
-                f"agreement {100 * agreement['agreement']:.1f}%, Cohen's kappa {agreement['cohen_kappa']:.3f} "
-                f"(refusal only by the first: {agreement['only_first']}, only by the second: "
-                f"{agreement['only_second']}).",
-            ]
-    if report.get("utility"):
-        names = sorted({name for entry in report["utility"] for name in entry["metrics"]})
-        lines += [
-            "",
-            "## Utility",
-            "",
-            "| dataset | input | n | " + " | ".join(names) + " |",
-            "|---|---|---|" + "---|" * len(names),
-        ]
-        for entry in report["utility"]:
-            values = " | ".join(f"{entry['metrics'][n]:.4f}" if n in entry["metrics"] else "" for n in names)
-            lines.append(f"| {entry['dataset']} | {entry['modality']} | {entry['n']} | {values} |")
-    for plot in report["files"].get("plots", []):
-        lines += ["", f"![{Path(plot).stem}]({plot})"]
-    return "\n".join(lines) + "\n"
-
-
-def _category_tables(entries: Sequence[dict]) -> list[str]:
-    """Per-category DSR, one table per dataset, one column per input condition."""
-    lines = []
-    for dataset in sorted({entry["dataset"] for entry in entries}):
-        columns = [entry for entry in entries if entry["dataset"] == dataset]
-        categories = sorted({category for entry in columns for category in entry["per_category"]})
-        if len(categories) < 2:
-            continue
-        lines += [
-            "",
-            f"### DSR per category: {dataset}",
-            "",
-            "| category | " + " | ".join(_label(entry) for entry in columns) + " |",
-            "|---|" + "---|" * len(columns),
-        ]
-        for category in categories:
-            cells = [
-                _percent(entry["per_category"][category]) if category in entry["per_category"] else ""
-                for entry in columns
-            ]
-            lines.append(f"| {category} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def plot_safety(safety: dict, out_dir: Path) -> list[Path]:
+def plot_safety(safety: Safety | Mapping[str, Any], out_dir: Path) -> list[Path]:
     """`dsr_overview.png` (overall DSR and over-refusal per condition, with 95% intervals) and, for datasets with
     categories, `dsr_by_category_<dataset>.png`."""
     import matplotlib
@@ -256,18 +151,20 @@ def plot_safety(safety: dict, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    safety = safety if isinstance(safety, Safety) else Safety.from_dict(safety)
     paths = []
-    rows = [("DSR", entry) for entry in safety["dsr"]] + [("over-refusal", entry) for entry in safety["over_refusal"]]
+    rows = [("DSR", entry) for entry in safety.dsr] + [("over-refusal", entry) for entry in safety.over_refusal]
     if rows:
         figure, axis = plt.subplots(figsize=(max(5, 0.9 * len(rows) + 2), 4))
-        rates = [100 * entry["overall"]["rate"] for _, entry in rows]
+        rates = [100 * entry.overall.rate for _, entry in rows]
+        intervals = [entry.overall.ci95 or (entry.overall.rate, entry.overall.rate) for _, entry in rows]
         errors = [
-            [100 * (entry["overall"]["rate"] - entry["overall"]["ci95"][0]) for _, entry in rows],
-            [100 * (entry["overall"]["ci95"][1] - entry["overall"]["rate"]) for _, entry in rows],
+            [100 * (entry.overall.rate - low) for (_, entry), (low, _) in zip(rows, intervals, strict=True)],
+            [100 * (high - entry.overall.rate) for (_, entry), (_, high) in zip(rows, intervals, strict=True)],
         ]
         colors = ["tab:blue" if kind == "DSR" else "tab:orange" for kind, _ in rows]
         axis.bar(range(len(rows)), rates, yerr=errors, color=colors, capsize=4)
-        axis.set_xticks(range(len(rows)), [f"{kind}\n{e['dataset']}\n{_label(e)}" for kind, e in rows], fontsize=7)
+        axis.set_xticks(range(len(rows)), [f"{kind}\n{e.dataset}\n{_label(e)}" for kind, e in rows], fontsize=7)
         axis.set_ylabel("% refused (95% Wilson CI)")
         axis.set_ylim(0, 105)
         axis.set_title("Refusal on harmful (DSR) and safe (over-refusal) inputs")
@@ -275,15 +172,15 @@ def plot_safety(safety: dict, out_dir: Path) -> list[Path]:
         paths.append(out_dir / "dsr_overview.png")
         figure.savefig(paths[-1], dpi=120)
         plt.close(figure)
-    for dataset in sorted({entry["dataset"] for entry in safety["dsr"]}):
-        columns = [entry for entry in safety["dsr"] if entry["dataset"] == dataset]
-        categories = sorted({category for entry in columns for category in entry["per_category"]})
+    for dataset in sorted({entry.dataset for entry in safety.dsr}):
+        columns = [entry for entry in safety.dsr if entry.dataset == dataset]
+        categories = sorted({category for entry in columns for category in entry.per_category})
         if len(categories) < 2:
             continue
         figure, axis = plt.subplots(figsize=(max(6, 0.8 * len(categories) + 2), 4))
         width = 0.8 / len(columns)
         for offset, entry in enumerate(columns):
-            values = [100 * entry["per_category"].get(c, {"rate": 0.0})["rate"] for c in categories]
+            values = [100 * entry.per_category[c].rate if c in entry.per_category else 0.0 for c in categories]
             axis.bar([i + offset * width for i in range(len(categories))], values, width=width, label=_label(entry))
         axis.set_xticks(
             [i + width * (len(columns) - 1) / 2 for i in range(len(categories))],
@@ -303,14 +200,39 @@ def plot_safety(safety: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
-def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write the plots, `report.md` and `report.json` into `out_dir` (the JSON last, and atomically: a report.json
-    present means a complete report). Returns the written paths."""
+def write_report(
+    report: Report | Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    labels: Mapping[str, str] | None = None,
+    preamble: Sequence[str] = (),
+    sections: Sequence[str] = (),
+    plots: bool = True,
+) -> dict[str, Path]:
+    """Write the plots (with `plots`; otherwise `report.files["plots"]` stays as the caller set it), `report.md` and
+    `report.json` into `out_dir` (the JSON last, and atomically: a report.json present means a complete report).
+    `labels`, `preamble` and `sections` go to `tga_hf.report.render_markdown`. Returns the written paths."""
+    report = report if isinstance(report, Report) else Report.from_dict(report)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = plot_safety(report["safety"], out_dir) if report.get("safety") else []
-    report["files"]["plots"] = [path.name for path in plots]
-    report["files"]["markdown"] = "report.md"
-    (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
-    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    return {"json": out_dir / "report.json", "markdown": out_dir / "report.md", **{p.stem: p for p in plots}}
+    drawn = plot_safety(report.safety, out_dir) if plots and report.safety else []
+    if plots:
+        report.files["plots"] = [path.name for path in drawn]
+    report.files["markdown"] = "report.md"
+    markdown = render_markdown(report, labels=labels, preamble=preamble, sections=sections)
+    (out_dir / "report.md").write_text(markdown, encoding="utf-8")
+    write_text_atomic(out_dir / "report.json", json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    return {"json": out_dir / "report.json", "markdown": out_dir / "report.md", **{p.stem: p for p in drawn}}
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "build_report",
+    "judged_safety_section",
+    "plot_safety",
+    "refusal_entries",
+    "render_markdown",
+    "safety_section",
+    "utility_entries",
+    "write_report",
+]

@@ -1,22 +1,30 @@
 """`tga-hf demo` (the embedded default) and `tga-hf experiment reproduce --config FILE`."""
 
+from __future__ import annotations
+
 import argparse
 import shlex
 import sys
+from typing import TYPE_CHECKING
 
 from .config import DEMO, SMOKE, ExperimentConfig
 
+if TYPE_CHECKING:
+    from ..report import Report
 
-def _print_summary(report: dict) -> None:
+
+def _print_summary(report: Report) -> None:
     from .report import CONDITION_LABELS
 
-    print(f"\nDSR (phrase judge, n={report['n_test']} FigStep requests)")
-    for key, rate in report["dsr"].items():
-        low, high = report["dsr_ci"][key]
-        print(f"  {CONDITION_LABELS.get(key, key):<58} {100 * rate:5.1f}%  [{100 * low:.1f}, {100 * high:.1f}]")
-    if "export" in report:
-        print(f"\nexported and reloaded ({report['export']['loaded_class']}): {report['export']['folder']}")
-        for name, answer in report["export"]["answers"].items():
+    print(f"\nDSR (phrase judge, n={report.n_test} FigStep requests)")
+    for entry in report.safety.dsr if report.safety else []:
+        low, high = entry.overall.ci95 or (entry.overall.rate, entry.overall.rate)
+        label = CONDITION_LABELS.get(entry.condition or "", entry.condition or entry.dataset)
+        print(f"  {label:<58} {100 * entry.overall.rate:5.1f}%  [{100 * low:.1f}, {100 * high:.1f}]")
+    if "export" in report.details:
+        export = report.details["export"]
+        print(f"\nexported and reloaded ({export['loaded_class']}): {export['folder']}")
+        for name, answer in export["answers"].items():
             print(f"  {name}: {answer['request']!r} -> {answer['response']!r}")
 
 

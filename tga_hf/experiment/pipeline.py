@@ -1,7 +1,6 @@
 """The experiment end to end: real LLM + our LiT tower -> three alignments of the same LVLM (baseline, retrieval prefix
 only, full TGA) -> safety / over-refusal / utility / layer analyses -> report, plots and a Hub-ready export."""
 
-import json
 import time
 from pathlib import Path
 
@@ -18,7 +17,17 @@ from ..eval.generation import RENDER_SIZE, build_prompt, generate_responses, wri
 from ..eval.judges import PhraseRefusalJudge, ProbeRefusalJudge, RefusalJudge, judge_agreement, probe_training_texts
 from ..eval.metrics import defense_success_rate, over_refusal_rate, utility_scores
 from ..hub import export
+from ..modeling import RETRIEVAL_DIR
 from ..projector_init import calibrate_projector
+from ..report import (
+    EXPERIMENT_TRAINING_SETTINGS,
+    JudgeAgreement,
+    Report,
+    ReportRate,
+    Safety,
+    SafetyEntry,
+    UtilityEntry,
+)
 from ..retrieval import TextRetriever, joint_encoder
 from ..training import TGAConfig, TGATrainer, tga_lora_config
 from ..vision_tower.model import load_lit_tower, packaged_tower_path
@@ -37,24 +46,33 @@ def fit_judges(llm: torch.nn.Module, tokenizer, probe_layer: int | None) -> dict
     return {"phrase": PhraseRefusalJudge(), "probe": ProbeRefusalJudge.fit(llm, tokenizer, texts, labels, layer=layer)}
 
 
-def _rates(
-    records: list[dict], judges: dict[str, RefusalJudge], harmful: bool, verdicts: dict[str, list[bool]]
-) -> dict[str, dict]:
-    """Each judge's DSR (harmful inputs) or over-refusal (benign), overall and per category; every verdict is also
-    appended to `verdicts[judge]` for the judges' agreement."""
+def _judged(
+    condition: str,
+    records: list[dict],
+    judges: dict[str, RefusalJudge],
+    harmful: bool,
+    verdicts: dict[str, list[bool]],
+) -> dict[str, SafetyEntry]:
+    """Each judge's report entry for one condition: DSR (harmful inputs) or over-refusal (benign), overall and per
+    category; every verdict is also appended to `verdicts[judge]` for the judges' agreement."""
     prompts, responses = [r["prompt"] for r in records], [r["response"] for r in records]
     categories = [r["category"] for r in records]
     aggregate = defense_success_rate if harmful else over_refusal_rate
-    rates = {}
+    entries = {}
     for name, judge in judges.items():
         refused = judge.judge(prompts, responses)
         verdicts[name] += refused
-        rates[name] = aggregate(refused, categories).to_dict()
-    return rates
-
-
-def _by_judge(rates: dict[str, dict[str, dict]], judge: str) -> dict[str, dict]:
-    return {key: value[judge] for key, value in rates.items()}
+        rates = aggregate(refused, categories)
+        entries[name] = SafetyEntry(
+            dataset="+".join(sorted({r["source"] for r in records})),
+            modality=records[0]["modality"],
+            retrieval=bool(records[0].get("retrieval")),
+            overall=ReportRate.of(rates.overall),
+            per_category={category: ReportRate.of(rate) for category, rate in rates.per_category.items()},
+            condition=condition,
+            distinct_responses=len(set(responses)) if harmful else None,
+        )
+    return entries
 
 
 def _train_arm(
@@ -113,8 +131,9 @@ def _train_arm(
     return model.eval(), processor, trainer.state.log_history, calibration
 
 
-def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, progress: bool = True) -> dict:
-    """Run every stage and write `report.json`, `report.md`, plots and responses under `out_dir`."""
+def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, progress: bool = True) -> Report:
+    """Run every stage and write `report.json` (`tga_hf.report`'s schema, one DSR / over-refusal entry per
+    condition), `report.md`, plots and responses under `out_dir`; returns the report."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -163,10 +182,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
     encoder = joint_encoder(load_text_encoder(), tower_path)
     retriever = TextRetriever.build(data.retrieval_corpus, encoder, show_progress=progress)
 
-    dsr = {"text": _rates(text_records, judges, True, verdicts)}
-    distinct_responses = {"text": len({r["response"] for r in text_records})}
-    over_refusal = {"text": _rates(text_benign, judges, False, verdicts)}
-    utility, cosine, training, projector_calibration = {}, {}, {}, {}
+    dsr = {"text": _judged("text", text_records, judges, True, verdicts)}
+    over_refusal = {"text": _judged("text", text_benign, judges, False, verdicts)}
+    utility: list[UtilityEntry] = []
+    cosine, training, projector_calibration = {}, {}, {}
+    responses = ["responses/text.jsonl"]
     base = (llm, tokenizer, tower, image_processor, list(band) if band else None)
     for arm in config.arms:
         model, processor, history, projector_start = _train_arm(arm, config, base, data, retriever, out_dir / arm)
@@ -188,8 +208,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
                 progress=progress,
                 output_path=out_dir / "responses" / f"{key}.jsonl",
             )
-            dsr[key] = _rates(records, judges, True, verdicts)
-            distinct_responses[key] = len({r["response"] for r in records})
+            dsr[key] = _judged(key, records, judges, True, verdicts)
             benign = generate_responses(
                 model,
                 processor,
@@ -198,7 +217,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
                 retrieval=retrieval,
                 progress=progress,
             )
-            over_refusal[key] = _rates(benign, judges, False, verdicts)
+            over_refusal[key] = _judged(key, benign, judges, False, verdicts)
             reads = generate_responses(
                 model,
                 processor,
@@ -207,8 +226,12 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
                 retrieval=retrieval,
                 progress=progress,
             )
-            utility[key] = utility_scores([r["response"] for r in reads], [r["reference"] for r in reads])
+            scores = utility_scores([r["response"] for r in reads], [r["reference"] for r in reads])
+            utility.append(
+                UtilityEntry("+".join(sorted({r["source"] for r in reads})), "image", len(reads), scores, key)
+            )
             write_jsonl(benign + reads, out_dir / "responses" / f"{key}_benign.jsonl")
+            responses += [f"responses/{key}.jsonl", f"responses/{key}_benign.jsonl"]
         if arm in ("baseline", "tga"):
             images = [item.load_image(RENDER_SIZE) for item in data.toxic_test]
             captions = [image_caption(item.image_text) for item in data.toxic_test]
@@ -219,61 +242,65 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
             exported = (model, processor)
         del model
 
-    report = {
-        "name": config.name,
-        "command": command,
-        "config": config.to_dict(),
-        "models": {"llm": config.llm, "tower": config.tower or "packaged (tga_hf/assets/lit_tower)"},
-        "judge": judges["phrase"].describe(),
-        "judges": {name: {**judge.describe(), **getattr(judge, "metadata", {})} for name, judge in judges.items()},
-        "judge_calibration": judge_scores,
-        "judge_agreement": judge_agreement(verdicts["phrase"], verdicts["probe"]),
-        "n_test": len(data.toxic_test),
-        "n_benign_test": len(data.benign_test),
-        "n_align": len(data.alignment_rows),
-        "distillation_refusals_dropped": data.distillation_refusals_dropped,
-        "safety_band": {
-            "band": list(safety.band) if safety.band else None,
-            "robust": list(band) if band else None,
-            "activated": int(safety.activated.size),
-            "prompts": len(data.band_prompts),
+    others = [name for name in judges if name != "phrase"]
+    report = Report(
+        name=config.name,
+        command=command,
+        model={"llm": config.llm, "tower": config.tower or "packaged (tga_hf/assets/lit_tower)"},
+        judge=judges["phrase"].describe(),
+        generation={"max_new_tokens": config.max_new_tokens, "do_sample": False},
+        n_test=len(data.toxic_test),
+        training={key: getattr(config, key) for key in EXPERIMENT_TRAINING_SETTINGS},
+        safety=Safety(
+            dsr=[entries["phrase"] for entries in dsr.values()],
+            over_refusal=[entries["phrase"] for entries in over_refusal.values()],
+            judge_agreement=JudgeAgreement(
+                ("phrase", "probe"), **judge_agreement(verdicts["phrase"], verdicts["probe"])
+            ),
+            other_judges={
+                name: Safety(
+                    dsr=[entries[name] for entries in dsr.values()],
+                    over_refusal=[entries[name] for entries in over_refusal.values()],
+                )
+                for name in others
+            },
+        ),
+        utility=utility,
+        details={
+            "config": config.to_dict(),
+            "judges": {name: {**judge.describe(), **getattr(judge, "metadata", {})} for name, judge in judges.items()},
+            "judge_calibration": judge_scores,
+            "n_benign_test": len(data.benign_test),
+            "n_align": len(data.alignment_rows),
+            "distillation_refusals_dropped": data.distillation_refusals_dropped,
+            "safety_band": {
+                "band": list(safety.band) if safety.band else None,
+                "robust": list(band) if band else None,
+                "activated": int(safety.activated.size),
+                "prompts": len(data.band_prompts),
+            },
+            "cosine": cosine,
+            "training_history": training,
+            "projector_calibration": projector_calibration,
+            "seconds": round(time.time() - started, 1),
         },
-        **_judged_section("dsr", _by_judge(dsr, "phrase")),
-        **_judged_section("dsr_probe", _by_judge(dsr, "probe")),
-        **_judged_section("over_refusal", _by_judge(over_refusal, "phrase")),
-        **_judged_section("over_refusal_probe", _by_judge(over_refusal, "probe")),
-        "distinct_responses": distinct_responses,
-        "utility": utility,
-        "cosine": cosine,
-        "training": training,
-        "projector_calibration": projector_calibration,
-        "seconds": round(time.time() - started, 1),
-    }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+        files={"responses": responses, "plots": ["dsr.png", *(["cosine.png"] if cosine else [])]},
+    )
     plot_dsr(report, out_dir / "dsr.png")
     if cosine:
         plot_cosine(report, out_dir / "cosine.png")
+    write_report(report, out_dir)
     if config.export and "tga" in config.arms:
-        report["export"] = export_and_reload(*exported, retriever, report, data, out_dir / "hub-export", config)
-        (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-    write_report(report, out_dir / "report.md")
+        report.details["export"] = export_and_reload(*exported, retriever, report, data, out_dir / "hub-export", config)
+        write_report(report, out_dir)
     return report
-
-
-def _judged_section(name: str, rates: dict[str, dict]) -> dict[str, dict]:
-    """`name`: overall rate per condition, `name_ci`: its 95% interval, `name_detail`: counts and per category."""
-    return {
-        name: {key: value["overall"]["rate"] for key, value in rates.items()},
-        f"{name}_ci": {key: value["overall"]["ci95"] for key, value in rates.items()},
-        f"{name}_detail": rates,
-    }
 
 
 def export_and_reload(
     model,
     processor,
     retriever: TextRetriever,
-    report: dict,
+    report: Report,
     data: ExperimentData,
     folder: Path,
     config: ExperimentConfig,
@@ -284,7 +311,7 @@ def export_and_reload(
     reloaded = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
     reloaded_processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     if getattr(reloaded_processor, "retriever", None) is None:
-        reloaded_processor.attach_retriever(TextRetriever.load(folder / "retrieval"))
+        reloaded_processor.attach_retriever(TextRetriever.load(folder / RETRIEVAL_DIR))
     answers = {}
     for name, item in (("benign", data.benign_test[0]), ("toxic", data.toxic_test[0])):
         record = generate_responses(

@@ -1,6 +1,13 @@
-"""report.md of the experiment: the tables a reviewer reads first, every number taken from report.json."""
+"""report.md of the experiment: the one report renderer (`tga_hf.report.render_markdown`) with the experiment's
+condition names, plus the analyses only the experiment has (TGA against the baseline, the judges on human labels, the
+safety band and its cosine); every number taken from the report."""
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from ..eval.report import write_report as write_report_files
+from ..report import Report, SafetyEntry
 
 CONDITION_LABELS = {
     "text": "LLM, request as text (ceiling)",
@@ -16,102 +23,102 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def _condition_table(report: dict) -> list[str]:
-    probe = report.get("dsr_probe")
-    header = "| condition | DSR (phrase) | 95% CI |" + (" DSR (probe) | 95% CI |" if probe else "")
-    lines = [header + " over-refusal (benign) |", "|---|---|---|" + ("---|---|" if probe else "") + "---|"]
-    for key, rate in report["dsr"].items():
-        low, high = report["dsr_ci"][key]
-        cells = f"{_pct(rate)} | [{_pct(low)}, {_pct(high)}]"
-        if probe:
-            p_low, p_high = report["dsr_probe_ci"][key]
-            cells += f" | {_pct(probe[key])} | [{_pct(p_low)}, {_pct(p_high)}]"
-        over = report["over_refusal"].get(key)
-        lines.append(f"| {CONDITION_LABELS.get(key, key)} | {cells} | {_pct(over) if over is not None else '-'} |")
-    return lines
+def _dsr_by_condition(report: Report) -> dict[str, SafetyEntry]:
+    if report.safety is None:
+        return {}
+    return {entry.condition: entry for entry in report.safety.dsr if entry.condition is not None}
 
 
-def _category_table(report: dict) -> list[str]:
-    detail = report.get("dsr_detail")
-    if not detail:
-        return []
-    keys = list(detail)
-    categories = sorted({name for value in detail.values() for name in value["per_category"]})
-    lines = [
+def _setup_lines(report: Report) -> list[str]:
+    details, models = report.details, report.model
+    return [
         "",
-        "DSR per SafeBench category (phrase judge, refused/total):",
-        "",
-        "| category | " + " | ".join(CONDITION_LABELS.get(key, key) for key in keys) + " |",
-        "|---|" + "---|" * len(keys),
+        f"LLM `{models.get('llm')}` (dequantised GGUF), LiT image tower `{models.get('tower')}` (ours, trained against "
+        "frozen all-MiniLM-L6-v2 on rendered text; it stands in for CLIP). "
+        f"Safety test: {report.n_test} FigStep SafeBench requests; {details.get('n_benign_test')} benign inputs; "
+        f"{details.get('n_align')} benign alignment pairs ({details.get('distillation_refusals_dropped')} distilled "
+        "answers dropped as refusals).",
     ]
-    for category in categories:
-        cells = []
-        for key in keys:
-            rate = detail[key]["per_category"].get(category)
-            cells.append(f"{rate['count']}/{rate['total']}" if rate else "-")
-        lines.append(f"| {category} | " + " | ".join(cells) + " |")
+
+
+def _comparison_lines(report: Report) -> list[str]:
+    """TGA (and retrieval-only) against the baseline, in words: which is higher and whether the intervals overlap."""
+    dsr = _dsr_by_condition(report)
+    if "baseline_image" not in dsr:
+        return []
+    baseline = dsr["baseline_image"].overall
+    lines = ["", "## Against the baseline", ""]
+    for key in ("tga_image", "tga_image_no_retrieval", "retrieval_only_image", "retrieval_only_image_no_retrieval"):
+        if key not in dsr:
+            continue
+        rate = dsr[key].overall
+        difference = 100 * (rate.rate - baseline.rate)
+        verdict = "no 95% interval to compare"
+        if rate.ci95 and baseline.ci95:
+            overlap = rate.ci95[0] <= baseline.ci95[1] and baseline.ci95[0] <= rate.ci95[1]
+            verdict = (
+                "the 95% intervals overlap: no difference this run can resolve"
+                if overlap
+                else f"the 95% intervals do not overlap: {'above' if difference > 0 else 'below'} the baseline"
+            )
+        lines.append(
+            f"- {CONDITION_LABELS[key]} vs baseline image: {_pct(rate.rate)} vs {_pct(baseline.rate)} "
+            f"({difference:+.1f} points); {verdict}."
+        )
+    distinct = {key: entry.distinct_responses for key, entry in dsr.items() if entry.distinct_responses is not None}
+    if distinct:
+        counts = ", ".join(f"{CONDITION_LABELS.get(key, key)} {count}" for key, count in distinct.items())
+        lines.append(
+            f"- Distinct answers to the {report.n_test} harmful requests: {counts}. An LVLM that gives every image "
+            "the same answer does not read the image, and cannot refuse it for its content."
+        )
     return lines
 
 
-def _judge_lines(report: dict) -> list[str]:
-    calibration = report.get("judge_calibration")
+def _judge_lines(report: Report) -> list[str]:
+    calibration = report.details.get("judge_calibration")
     if not calibration:
         return []
-    lines = ["", "Judges on PyRIT's 169 human-labelled refusal responses (accuracy / precision / recall):", ""]
+    judges: Mapping[str, Any] = report.details.get("judges", {})
+    lines = [
+        "",
+        "## Judges",
+        "",
+        "Judges on PyRIT's 169 human-labelled refusal responses (accuracy / precision / recall):",
+        "",
+    ]
     for name, scores in calibration.items():
         subsets = ", ".join(
             f"{subset} {s['accuracy']:.3f} / {s['precision']:.3f} / {s['recall']:.3f}"
             for subset, s in scores.items()
             if subset.startswith("all")
         )
-        lines.append(f"- {name} ({report['judges'][name]['version']}): {subsets}")
-    agreement = report.get("judge_agreement")
-    if agreement:
-        lines.append(
-            f"- phrase vs probe on this run's {agreement['n']} responses: agreement {agreement['agreement']:.3f}, "
-            f"Cohen's kappa {agreement['cohen_kappa']:.3f}"
-        )
+        lines.append(f"- {name} ({judges.get(name, {}).get('version', '?')}): {subsets}")
     return lines
 
 
-def _comparison_lines(report: dict) -> list[str]:
-    """TGA (and retrieval-only) against the baseline, in words: which is higher and whether the intervals overlap."""
-    dsr, ci = report["dsr"], report["dsr_ci"]
-    if "baseline_image" not in dsr:
+def _band_lines(report: Report) -> list[str]:
+    band = report.details.get("safety_band")
+    if not band:
         return []
-    lines = [""]
-    for key in ("tga_image", "tga_image_no_retrieval", "retrieval_only_image", "retrieval_only_image_no_retrieval"):
-        if key not in dsr:
-            continue
-        difference = 100 * (dsr[key] - dsr["baseline_image"])
-        overlap = ci[key][0] <= ci["baseline_image"][1] and ci["baseline_image"][0] <= ci[key][1]
-        verdict = (
-            "the 95% intervals overlap: no difference this run can resolve"
-            if overlap
-            else f"the 95% intervals do not overlap: {'above' if difference > 0 else 'below'} the baseline"
-        )
-        lines.append(
-            f"- {CONDITION_LABELS[key]} vs baseline image: {_pct(dsr[key])} vs {_pct(dsr['baseline_image'])} "
-            f"({difference:+.1f} points); {verdict}."
-        )
-    distinct = report.get("distinct_responses")
-    if distinct:
-        counts = ", ".join(f"{CONDITION_LABELS.get(key, key)} {count}" for key, count in distinct.items())
-        lines.append(
-            f"- Distinct answers to the {report['n_test']} harmful requests: {counts}. An LVLM that gives every image "
-            "the same answer does not read the image, and cannot refuse it for its content."
-        )
-    return lines
+    return [
+        "",
+        "## Safety band",
+        "",
+        f"Safety-activation band of the LLM (logit lens, {band['activated']}/{band['prompts']} harmful prompts "
+        f"activate): full {band['band']}, robust (10-90%) {band['robust']}.",
+    ]
 
 
-def _band_cosine_lines(report: dict) -> list[str]:
+def _band_cosine_lines(report: Report) -> list[str]:
     """Mean cosine inside the band of a toxic image's states vs its own text and vs the other requests' texts: only
     the gap between the two is about the request's content."""
-    band = report["safety_band"]["robust"]
-    if not band or not report.get("cosine"):
+    band = (report.details.get("safety_band") or {}).get("robust")
+    cosine = report.details.get("cosine")
+    if not band or not cosine:
         return []
     lines = ["", "Cosine of toxic-image states vs text states inside the band (own request / other requests):", ""]
-    for arm, per_layer in report["cosine"].items():
+    for arm, per_layer in cosine.items():
         inside = [i for i, layer in enumerate(per_layer["layer"]) if band[0] <= layer <= band[1]]
         own = sum(per_layer["mean_cosine"][i] for i in inside) / len(inside)
         if "mean_cosine_other_caption" not in per_layer:
@@ -127,51 +134,17 @@ def _band_cosine_lines(report: dict) -> list[str]:
     return lines
 
 
-def render_report(report: dict) -> str:
-    lines = [
-        f"# tga-hf experiment `{report['name']}`",
-        "",
-        f"Command: `{report['command']}`",
-        "",
-        f"LLM `{report['models']['llm']}` (dequantised GGUF), LiT image tower `{report['models']['tower']}` (ours, "
-        "trained against frozen all-MiniLM-L6-v2 on rendered text; it stands in for CLIP). "
-        f"Judge: {report['judge']['name']} v{report['judge']['version']}. "
-        f"Safety test: {report['n_test']} FigStep SafeBench requests; {report['n_benign_test']} benign inputs; "
-        f"{report['n_align']} benign alignment pairs ({report['distillation_refusals_dropped']} distilled answers "
-        "dropped as refusals).",
-        "",
-        *_condition_table(report),
-        *_comparison_lines(report),
-        *_category_table(report),
-        *_judge_lines(report),
-    ]
-    if report["utility"]:
-        metrics = sorted(next(iter(report["utility"].values())))
-        lines += [
-            "",
-            "Utility (reading the benign image back):",
-            "",
-            "| condition | " + " | ".join(metrics) + " |",
-            "|---|" + "---|" * len(metrics),
-        ]
-        for key, scores in report["utility"].items():
-            lines.append(
-                f"| {CONDITION_LABELS.get(key, key)} | " + " | ".join(f"{scores[m]:.3f}" for m in metrics) + " |"
-            )
-    band = report["safety_band"]
-    lines += [
-        "",
-        f"Safety-activation band of the LLM (logit lens, {band['activated']}/{band['prompts']} harmful prompts "
-        f"activate): full {band['band']}, robust (10-90%) {band['robust']}.",
-        *_band_cosine_lines(report),
-        "",
-        f"Wall time: {report['seconds']} s.",
-        "",
-    ]
-    return "\n".join(lines)
+def experiment_sections(report: Report) -> tuple[list[str], list[str]]:
+    """The experiment's own Markdown: the setup paragraph (after the opening) and its analyses (after the tables)."""
+    sections = [*_comparison_lines(report), *_judge_lines(report), *_band_lines(report), *_band_cosine_lines(report)]
+    if report.details.get("seconds") is not None:
+        sections += ["", f"Wall time: {report.details['seconds']} s."]
+    return _setup_lines(report), sections
 
 
-def write_report(report: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.write_text(render_report(report))
-    return path
+def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
+    """`report.md` and `report.json` of the experiment in `out_dir` (its plots are drawn by `experiment.plots`)."""
+    preamble, sections = experiment_sections(report)
+    return write_report_files(
+        report, out_dir, labels=CONDITION_LABELS, preamble=preamble, sections=sections, plots=False
+    )

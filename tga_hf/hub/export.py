@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from ..fileio import atomic_directory
-from .cards import EvalReport, eval_result_entries, index_card, model_card, read_report
+from ..modeling import RETRIEVAL_DIR
+from ..report import Report, read_report
+from .cards import eval_result_entries, index_card, model_card
 
 REMOTE_CODE_FILES = ("configuration_tga_llava.py", "modeling_tga_llava.py", "processing_tga_llava.py")
-RETRIEVAL_DIR = "retrieval"
 EVAL_RESULTS_FILE = ".eval_results/tga_safety.yaml"
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
@@ -93,7 +94,7 @@ def export(
     processor: Any,
     out_dir: str | Path,
     retriever: Any | None = None,
-    report: Mapping[str, Any] | str | Path | None = None,
+    report: Report | Mapping[str, Any] | str | Path | None = None,
     *,
     repo_id: str | None = None,
     base_model: str | Sequence[str] | None = None,
@@ -112,7 +113,8 @@ def export(
             export (its `tga_hf_manifest.json` lists every file in it) or an empty folder is replaced.
         retriever: an object with `save(dir)` (e.g. `tga_hf.retrieval.TextRetriever`), written to `retrieval/`;
             defaults to the retriever attached to the processor, if any.
-        report: the evaluation report (dict or path to its JSON) the card's numbers come from.
+        report: the evaluation report (`tga_hf.report.Report`, its dict or the path of its JSON) the card's numbers
+            come from.
         repo_id: the Hub id the card's usage code loads (default: the folder name, which also loads locally).
         base_model, datasets, license: card metadata.
         max_shard_size: weights above this size are split into shards (`"5GB"`, `"200MB"` or bytes).
@@ -129,7 +131,7 @@ def export(
     ```
     """
     _check_exportable(model)
-    parsed_report = read_report(report) if not isinstance(report, EvalReport) else report
+    parsed_report = read_report(report)
     retriever = retriever if retriever is not None else getattr(processor, "retriever", None)
     out_dir = Path(out_dir).absolute()
     repo_id = repo_id or out_dir.name

@@ -17,8 +17,7 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from ..modeling import TGALlavaForConditionalGeneration, TGALlavaProcessor
-from .export import RETRIEVAL_DIR
+from ..modeling import RETRIEVAL_DIR, TGALlavaForConditionalGeneration, TGALlavaProcessor
 
 
 class ModelLoadError(Exception):

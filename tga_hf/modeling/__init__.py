@@ -6,10 +6,16 @@ Importing this package registers the classes with the Auto* factories in-process
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-from .configuration_tga_llava import DEFAULT_MAX_RETRIEVED_TOKENS, DEFAULT_REFUSAL_FAMILY, TGALlavaConfig
-from .modeling_tga_llava import TGALlavaForConditionalGeneration, TGALlavaModel, final_norm, masked_mean
-from .processing_tga_llava import (
+from .configuration_tga_llava import (
+    DEFAULT_MAX_RETRIEVED_TOKENS,
+    DEFAULT_REFUSAL_FAMILY,
     DEFAULT_RETRIEVAL_TEMPLATE,
+    TGALlavaConfig,
+    check_layer_range,
+)
+from .modeling_tga_llava import TGALlavaForConditionalGeneration, TGALlavaModel, final_norm, logit_lens, masked_mean
+from .processing_tga_llava import (
+    RETRIEVAL_DIR,
     CleanedText,
     TGALlavaProcessor,
     clean_untrusted_text,
@@ -31,12 +37,15 @@ __all__ = [
     "DEFAULT_MAX_RETRIEVED_TOKENS",
     "DEFAULT_REFUSAL_FAMILY",
     "DEFAULT_RETRIEVAL_TEMPLATE",
+    "RETRIEVAL_DIR",
     "TGALlavaConfig",
     "TGALlavaForConditionalGeneration",
     "TGALlavaModel",
     "TGALlavaProcessor",
+    "check_layer_range",
     "clean_untrusted_text",
     "final_norm",
+    "logit_lens",
     "masked_mean",
     "typed_content_chat_template",
 ]

@@ -1,6 +1,7 @@
 """TGA-LLaVA model configuration."""
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
@@ -25,9 +26,26 @@ DEFAULT_REFUSAL_FAMILY = [
 # and stops one huge index entry from turning into a prompt of hundreds of thousands of tokens.
 DEFAULT_MAX_RETRIEVED_TOKENS = 128
 
+# The prefix put before the image in the first user turn (config default and processor default alike).
+DEFAULT_RETRIEVAL_TEMPLATE = "Retrieved Text: {retrieved_text}. "
+
 # The official code guides hidden-state indices 10..18 of a 32-layer LLM; "auto" scales that band to the depth of the
 # LLM at hand until the safety-activation analysis has written a measured band into `safety_layer_band`.
 PAPER_BAND_FRACTION = (10 / 32, 18 / 32)
+
+
+def check_layer_range(layers: Sequence[int], num_layers: int, name: str = "guide_layers") -> list[int]:
+    """`layers` as sorted, unique hidden-state indices, each within 1..num_layers (the output of decoder layer l is
+    hidden-state index l; index 0 is the embedding output). The one range check of guide layers and analysed layers:
+    the config, the trainer, the hidden-state capture and the layer analyses all call it. Raises ValueError naming
+    `name` and the layers outside the range."""
+    bad = [layer for layer in layers if not 1 <= int(layer) <= num_layers]
+    if bad:
+        raise ValueError(
+            f"{name} {bad} are outside 1..{num_layers}: hidden-state indices must lie within the LLM's {num_layers} "
+            "decoder layers (index 0 is the embedding output)"
+        )
+    return sorted({int(layer) for layer in layers})
 
 
 @strict
@@ -75,7 +93,7 @@ class TGALlavaConfig(LlavaConfig):
     guide_layers: list[int] | Literal["auto"] = "auto"
     safety_layer_band: list[int] | None = None
     guide_loss_weight: float = 1.0
-    retrieval_template: str = "Retrieved Text: {retrieved_text}. "
+    retrieval_template: str = DEFAULT_RETRIEVAL_TEMPLATE
     retrieval_top_k: int = 1
     max_retrieved_tokens: int | None = DEFAULT_MAX_RETRIEVED_TOKENS
     refusal_family: list[str] | None = None
@@ -90,12 +108,7 @@ class TGALlavaConfig(LlavaConfig):
         if self.guide_layers != "auto":
             if not isinstance(self.guide_layers, list | tuple) or not self.guide_layers:
                 raise ValueError(f"guide_layers must be 'auto' or a non-empty list of ints, got {self.guide_layers!r}")
-            bad = [layer for layer in self.guide_layers if not 1 <= int(layer) <= num_layers]
-            if bad:
-                raise ValueError(
-                    f"guide_layers {bad} are outside 1..{num_layers} (the LLM has {num_layers} decoder layers; "
-                    "hidden-state index 0 is the embedding output and is never guided)"
-                )
+            check_layer_range(self.guide_layers, num_layers)
         if self.safety_layer_band is not None:
             band = self.safety_layer_band
             if len(band) != 2 or not 1 <= band[0] <= band[1] <= num_layers:
@@ -113,7 +126,7 @@ class TGALlavaConfig(LlavaConfig):
     def resolved_guide_layers(self) -> list[int]:
         """The explicit, sorted hidden-state indices the guide loss uses."""
         if self.guide_layers != "auto":
-            return sorted({int(layer) for layer in self.guide_layers})
+            return check_layer_range(self.guide_layers, self.text_config.num_hidden_layers)
         if self.safety_layer_band is not None:
             first, last = self.safety_layer_band
             return list(range(first, last + 1))
@@ -123,4 +136,10 @@ class TGALlavaConfig(LlavaConfig):
         return list(range(first, last + 1))
 
 
-__all__ = ["TGALlavaConfig", "DEFAULT_MAX_RETRIEVED_TOKENS", "DEFAULT_REFUSAL_FAMILY"]
+__all__ = [
+    "TGALlavaConfig",
+    "DEFAULT_MAX_RETRIEVED_TOKENS",
+    "DEFAULT_REFUSAL_FAMILY",
+    "DEFAULT_RETRIEVAL_TEMPLATE",
+    "check_layer_range",
+]

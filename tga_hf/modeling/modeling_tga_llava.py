@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from transformers import LlavaForConditionalGeneration, LlavaModel
 
-from .configuration_tga_llava import TGALlavaConfig
+from .configuration_tga_llava import TGALlavaConfig, check_layer_range
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -30,6 +30,28 @@ def final_norm(language_model: nn.Module) -> nn.Module:
         if isinstance(module, nn.Module):
             return module
     raise AttributeError(f"{type(language_model).__name__} has no final norm named norm / final_layernorm / ln_f")
+
+
+def logit_lens(
+    hidden_states: Sequence[torch.Tensor | None],
+    layers: Sequence[int],
+    norm: nn.Module,
+    lm_head: nn.Module,
+    num_layers: int,
+) -> dict[int, torch.Tensor]:
+    """The logit lens of a decoder with `num_layers` layers: `lm_head(norm(h_l))` for l < L and `lm_head(h_L)` for the
+    last one, which transformers 5 returns already normed. Returns {layer: logits [..., V]}; `hidden_states` may be
+    sliced (e.g. the last position only) to keep it cheap. The one rule behind `TGALlavaForConditionalGeneration.
+    logit_lens` and `tga_hf.eval.analyses.logit_lens` (any causal LM or LLaVA)."""
+    lens = {}
+    for layer in layers:
+        if not 0 <= layer <= num_layers:
+            raise ValueError(f"layer {layer} is outside 0..{num_layers}")
+        state = hidden_states[layer]
+        if state is None:
+            raise ValueError(f"hidden-state index {layer} was not captured; pass it in output_hidden_states")
+        lens[layer] = lm_head(state if layer == num_layers else norm(state))
+    return lens
 
 
 class TGALlavaModel(LlavaModel):
@@ -93,15 +115,7 @@ class TGALlavaForConditionalGeneration(LlavaForConditionalGeneration):
         """Decode hidden-state indices `layers` with the LM head: `lm_head(norm(h_l))` for l < L and `lm_head(h_L)`
         for the last one, which transformers 5 returns already normed. Returns {layer: logits [B, T, V]}."""
         norm = final_norm(self.model.language_model)
-        lens = {}
-        for layer in layers:
-            if not 0 <= layer <= self.num_text_layers:
-                raise ValueError(f"layer {layer} is outside 0..{self.num_text_layers}")
-            state = hidden_states[layer]
-            if state is None:
-                raise ValueError(f"hidden-state index {layer} was not captured; pass it in output_hidden_states")
-            lens[layer] = self.lm_head(state if layer == self.num_text_layers else norm(state))
-        return lens
+        return logit_lens(hidden_states, layers, norm, self.lm_head, self.num_text_layers)
 
     def capture_hidden_states(self, layers: Sequence[int], stop_after_deepest: bool = False) -> "HiddenStateCapture":
         """Record the LLM's hidden states at indices `layers` (1..L) during the first forward inside a `with` block.
@@ -137,9 +151,9 @@ class HiddenStateCapture:
     checkpointing recompute) does not overwrite what a loss was built from."""
 
     def __init__(self, language_model: nn.Module, layers: Sequence[int], num_layers: int, stop_after_deepest: bool):
-        self.layers = sorted({int(layer) for layer in layers})
-        if not self.layers or self.layers[0] < 1 or self.layers[-1] > num_layers:
-            raise ValueError(f"guide layers {list(layers)} must lie within 1..{num_layers}")
+        if not layers:
+            raise ValueError(f"no layers to capture: pass hidden-state indices within 1..{num_layers}")
+        self.layers = check_layer_range(layers, num_layers, "guide layers")
         self.language_model = language_model
         self.num_layers = num_layers
         self.stop_after_deepest = stop_after_deepest
@@ -191,4 +205,5 @@ __all__ = [
     "StopForward",
     "masked_mean",
     "final_norm",
+    "logit_lens",
 ]

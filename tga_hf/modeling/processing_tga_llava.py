@@ -11,11 +11,10 @@ from transformers import LlavaProcessor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import cached_file, logging
 
-from .configuration_tga_llava import DEFAULT_MAX_RETRIEVED_TOKENS
+from .configuration_tga_llava import DEFAULT_MAX_RETRIEVED_TOKENS, DEFAULT_RETRIEVAL_TEMPLATE
 
 logger = logging.get_logger(__name__)
 
-DEFAULT_RETRIEVAL_TEMPLATE = "Retrieved Text: {retrieved_text}. "
 # A saved retriever lives in this sub-folder of the processor/model folder (tga_hf.retrieval.TextRetriever.save).
 RETRIEVAL_DIR = "retrieval"
 RETRIEVER_CONFIG_NAME = "retriever_config.json"

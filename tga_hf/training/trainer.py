@@ -10,6 +10,7 @@ from transformers import AutoModelForImageTextToText
 from trl import SFTTrainer
 from trl.trainer.utils import get_config_model_id
 
+from ..modeling import check_layer_range
 from .collator import GUIDE_KEYS, TGADataCollator, check_caption_column
 from .config import TGAConfig
 from .guide_loss import GuideLossOutput, guide_loss, pool_guide_states
@@ -130,11 +131,7 @@ class TGATrainer(SFTTrainer):
     def _resolve_guide_layers(model: nn.Module, guide_layers: list[int] | str) -> list[int]:
         if guide_layers == "auto":
             return model.config.resolved_guide_layers()
-        num_layers = model.config.text_config.num_hidden_layers
-        bad = [layer for layer in guide_layers if not 1 <= int(layer) <= num_layers]
-        if bad:
-            raise ValueError(f"guide_layers {bad} are outside 1..{num_layers} (hidden-state indices of the LLM)")
-        return sorted({int(layer) for layer in guide_layers})
+        return check_layer_range(guide_layers, model.config.text_config.num_hidden_layers)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()

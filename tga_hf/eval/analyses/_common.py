@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...modeling import final_norm
+from ...modeling import check_layer_range, final_norm
+from ...modeling import logit_lens as lens_of_layers
 from ..generation import chat_prompt
 
 # Keys the TGA processor adds with `return_tga_masks=True`; the model's forward does not take them.
@@ -37,34 +38,18 @@ def num_text_layers(model: nn.Module) -> int:
 
 
 def check_layers(model: nn.Module, layers: Sequence[int]) -> list[int]:
-    """Validate 1-based layer numbers (layer l produces hidden-state index l) and return them sorted, unique."""
-    count = num_text_layers(model)
-    bad = [layer for layer in layers if not 1 <= int(layer) <= count]
-    if bad:
-        raise ValueError(f"layers {bad} are outside 1..{count} (the model has {count} decoder layers)")
-    return sorted({int(layer) for layer in layers})
+    """Validate 1-based layer numbers (layer l produces hidden-state index l) and return them sorted, unique
+    (`tga_hf.modeling.check_layer_range` against the model's decoder depth)."""
+    return check_layer_range(layers, num_text_layers(model), "layers")
 
 
 def logit_lens(model: nn.Module, hidden_states: Sequence[torch.Tensor | None], layers: Sequence[int]) -> dict:
-    """`lm_head(norm(h_l))` for l < L and `lm_head(h_L)` (transformers 5 returns the last state already normed).
-
-    TGA-LLaVA brings its own `logit_lens`; any other model (causal LM, stock LLaVA) gets the same rule here.
+    """`lm_head(norm(h_l))` for l < L and `lm_head(h_L)` (transformers 5 returns the last state already normed), for
+    any causal LM, stock LLaVA or TGA-LLaVA: `tga_hf.modeling.logit_lens` on the model's decoder norm and LM head.
     Returns {layer: logits [..., V]}; pass sliced states (e.g. the last position) to keep it cheap.
     """
-    if hasattr(model, "logit_lens"):
-        return model.logit_lens(hidden_states, layers)
-    last = num_text_layers(model)
     norm = final_norm(text_decoder(model))
-    head = model.get_output_embeddings()
-    lens = {}
-    for layer in layers:
-        if not 0 <= layer <= last:
-            raise ValueError(f"layer {layer} is outside 0..{last}")
-        state = hidden_states[layer]
-        if state is None:
-            raise ValueError(f"hidden-state index {layer} was not captured; pass it in output_hidden_states")
-        lens[layer] = head(state if layer == last else norm(state))
-    return lens
+    return lens_of_layers(hidden_states, layers, norm, model.get_output_embeddings(), num_text_layers(model))
 
 
 def model_device(model: nn.Module) -> torch.device:
