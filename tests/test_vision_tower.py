@@ -17,7 +17,6 @@ from tga_hf.vision_tower import (
     encode_images,
     lit_image_processor,
     load_lit_tower,
-    packaged_tower_path,
     patch_targets,
     pixel_values_from_gray,
     read_texts,
@@ -295,12 +294,38 @@ def test_cli_registers_tower_commands():
     assert parser.parse_args(["tower", "eval"]).func.__name__ == "_eval"
 
 
+# Sentences written for this test: in no training source, template or held-out file of the tower.
+UNSEEN_SENTENCES = [
+    "The lighthouse keeper painted his boat bright yellow.",
+    "How do I replace the chain on a mountain bike?",
+    "Seven penguins waddled across the frozen harbour.",
+    "Explain why the sky turns red at sunset.",
+    "My grandfather collects old railway tickets.",
+    "Which vegetables grow well in sandy soil?",
+    "A violin rests on a velvet chair near the fireplace.",
+    "Steps to publish a small podcast about jazz.",
+    "The museum closes early on public holidays.",
+    "Write a limerick about a forgetful octopus.",
+    "Where can I buy fresh basil in winter?",
+    "The astronaut floated past the window holding a sandwich.",
+    "Describe how glaciers carve deep valleys.",
+    "Our neighbour's parrot can whistle the national anthem.",
+    "What is the safest way to store kitchen knives?",
+    "Three students built a robot that waters plants.",
+]
+
+
+# Measured with the packaged tower: 5 of 16 at recall@1 in both styles (tga_hf/assets/lit_tower/README.md); the floor
+# is 3 of 16, three times chance.
+UNSEEN_RECALL_AT_1_FLOOR = 3 / 16
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not (packaged_tower_path() / "config.json").is_file(), reason="no packaged tower yet")
-def test_packaged_tower_reads_its_heldout_renders():
+def test_packaged_tower_reads_sentences_it_never_saw():
     from tga_hf.weights import load_text_encoder
 
     tower, processor = load_lit_tower()
-    texts = (packaged_tower_path() / HELDOUT_FILE).read_text().splitlines()[:100]
-    recall = evaluate_tower(tower, processor, load_text_encoder(), texts, styles=("plain",))
-    assert recall["plain"]["recall@5"] > 0.2  # chance is 0.05
+    recall = evaluate_tower(tower, processor, load_text_encoder(), UNSEEN_SENTENCES, styles=("plain", "figstep"))
+    # 16-way: chance recall@1 is 0.0625. The threshold sits well below the measured figure (README, tower section).
+    for style in ("plain", "figstep"):
+        assert recall[style]["recall@1"] >= UNSEEN_RECALL_AT_1_FLOOR, (style, recall)
