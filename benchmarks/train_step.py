@@ -10,7 +10,8 @@ sets the guide weight to 0, which is exactly `SFTTrainer.compute_loss` (the teac
 
 Shapes: `qwen0.5b` is the real LVLM, `compose(load_lit_tower(), load_llm("qwen2.5-coder-0.5b"))` (the packaged LiT
 tower, 64 image tokens, and Qwen2.5-Coder-0.5B-Instruct's weights and tokenizer, fresh projector; guide layers
-`--guide-layers`, default the model config's "auto" band). The others are random-init configs: `llava-1.5-7b` is CLIP
+`--guide-layers`, default the model config's "auto" band); `smollm2-135m` is the same with SmolLM2-135M-Instruct
+(a quicker check of the same code). The others are random-init configs: `llava-1.5-7b` is CLIP
 ViT-L/14-336 (24 layers, 1024 wide, 576 image tokens, second to last layer) + a Llama-2-7B-shaped LLM (32 layers,
 4096 wide, 11008 MLP, vocab 32064); `--text-layers` truncates the LLM. Their text comes from the tiny in-memory
 tokenizer (its token ids are valid in any vocab).
@@ -156,7 +157,7 @@ class RealParts:
 
 
 def parse_guide_layers(value: str) -> list[int] | str:
-    """ "auto", "a-b" (inclusive) or "a,b,c"."""
+    """Guide layers as given on the command line: "auto", "a-b" (inclusive) or "a,b,c"."""
     if value == "auto":
         return value
     if "-" in value:
@@ -166,6 +167,8 @@ def parse_guide_layers(value: str) -> list[int] | str:
 
 
 def make_rows(batch_size: int, answer_words: int, size: int) -> list[dict]:
+    """`batch_size` training rows: a flat-colour image, a caption, an instruction, an answer of `answer_words` words
+    and a retrieved text (the student prompt's prefix and the retrieved-text term of the guide loss)."""
     words = "the cat sits on the mat next to a blue cup and a red bicycle leaning on a wall".split()
     rows = []
     for index in range(batch_size):
