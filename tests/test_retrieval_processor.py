@@ -67,6 +67,52 @@ def test_attached_retriever_puts_the_top_hit_in_the_prompt_and_the_mask(processo
     assert _retrieved_tokens(processor, given) == "a blue boat"
 
 
+class _CountingIndex:
+    """A faiss index whose `search` calls are counted (SWIG proxies take no new instance attributes)."""
+
+    def __init__(self, index):
+        self.index, self.searches = index, 0
+
+    def search(self, *args, **kwargs):
+        self.searches += 1
+        return self.index.search(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.index, name)
+
+
+def test_batched_retrieval_is_one_encode_and_one_search_and_matches_one_by_one(processor, retriever, monkeypatch):
+    images = random_images(6, seed=11)
+    # top-3 lists, so that the order of the hits is compared too, not only the best one
+    monkeypatch.setattr(processor, "retrieval_top_k", 3)
+    one_by_one = [processor.retrieve([image])[0] for image in images]
+    encode_calls = []
+    encode = retriever.encoder.encode
+    monkeypatch.setattr(
+        retriever.encoder, "encode", lambda items, **kwargs: encode_calls.append(len(items)) or encode(items, **kwargs)
+    )
+    counting = _CountingIndex(retriever.index)
+    monkeypatch.setattr(retriever, "index", counting)
+
+    assert processor.retrieve(images) == one_by_one
+    assert encode_calls == [len(images)] and counting.searches == 1
+
+    # the processor call retrieves the same way and puts each sample's own texts in its prompt
+    encode_calls.clear()
+    inputs = processor(
+        images=images,
+        text=[chat_prompt(processor)] * len(images),
+        padding=True,
+        return_tga_masks=True,
+        return_tensors="pt",
+    )
+    assert encode_calls == [len(images)] and counting.searches == 2
+    for row, expected in enumerate(one_by_one):
+        ids = inputs["input_ids"][row][inputs["retrieved_text_mask"][row]]
+        assert processor.decode(ids).strip() == expected
+    assert len(set(one_by_one)) > 1  # the images do retrieve different texts: the comparison is not vacuous
+
+
 def test_save_pretrained_writes_the_retriever_and_from_pretrained_reattaches_it(processor, saved):
     assert (saved / "retrieval" / "retriever_config.json").is_file()
     assert "retriever" not in json.loads((saved / "processor_config.json").read_text())
