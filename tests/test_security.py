@@ -118,6 +118,28 @@ def test_retrieved_text_is_capped_at_max_retrieved_tokens(tiny, image):
     assert inputs["input_ids"].shape[1] < DEFAULT_MAX_RETRIEVED_TOKENS + 100
 
 
+def test_caption_is_capped_at_max_retrieved_tokens_and_is_the_pretraining_target(tiny, image):
+    from tga_hf.training import TGADataCollator
+
+    from .conftest import chat_prompt
+
+    _, processor = tiny
+    cap = processor.max_retrieved_tokens
+    huge = "a cat on a mat " * 16_667  # 250k characters
+    capped = processor.clean_untrusted(huge)
+    assert 0 < len(processor.tokenizer(capped, add_special_tokens=False)["input_ids"]) <= cap
+    inputs = processor(text=chat_prompt(processor), captions=huge, return_tga_masks=True, return_tensors="pt")
+    assert 0 < int(inputs["caption_mask"].sum()) <= cap
+    assert inputs["input_ids"].shape[1] < cap + 100
+
+    batch = TGADataCollator(processor)([{"image": image, "caption": huge}])  # pre-training: the caption is the answer
+    teacher, caption_mask = batch["teacher_input_ids"][0], batch["caption_mask"][0]
+    assert 0 < int(caption_mask.sum()) <= cap
+    assert processor.decode(teacher[caption_mask]) == capped
+    answer = batch["input_ids"][0][batch["labels"][0] != -100]
+    assert processor.decode(answer) == capped + processor.tokenizer.eos_token  # the template closes the turn
+
+
 def test_index_build_cleans_texts_and_records_the_counts(tiny, tmp_path):
     from tga_hf.retrieval import TextRetriever
 
