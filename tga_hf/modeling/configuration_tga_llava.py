@@ -67,9 +67,10 @@ class TGALlavaConfig(LlavaConfig):
         retrieval_top_k (`int`, *optional*, defaults to 1):
             Number of retrieved texts joined into the prefix.
         max_retrieved_tokens (`int`, *optional*, defaults to 128):
-            Token cap of the retrieved text of one sample (after the top-k texts are joined); longer texts are cut.
-            `None` removes the cap. Retrieved texts and captions are always read as plain data: special-token and
-            image-token markup is removed from them (`processing_tga_llava.clean_untrusted_text`).
+            Token cap of the untrusted texts of one sample: its retrieved text (after the top-k texts are joined) and
+            its caption; longer texts are cut. `None` removes the cap. Retrieved texts and captions are always read as
+            plain data: special-token and image-token markup is removed from them
+            (`TGALlavaProcessor.clean_untrusted`).
         refusal_family (`list[str]`, *optional*):
             Refusal openings whose first tokens mark the safety mechanism in the logit lens.
 

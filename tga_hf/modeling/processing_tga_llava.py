@@ -107,8 +107,8 @@ def clean_untrusted_text(
     4. With `max_tokens`, the text is cut after that many tokens of `tokenizer` (whitespace-separated words when there
        is no tokenizer).
 
-    Used by `TGALlavaProcessor` (retrieved texts and captions), the training collator and index building, so a text
-    gets the same treatment wherever it enters a prompt.
+    Used through `TGALlavaProcessor.clean_untrusted` (retrieved texts and captions, in the processor and the training
+    collator) and by index building, so a text gets the same treatment wherever it enters a prompt.
 
     Args:
         text: the untrusted text.
@@ -181,9 +181,9 @@ class TGALlavaProcessor(LlavaProcessor):
     - `caption_mask`: with `captions=` and no images, the image placeholder is replaced by the caption text (the
       teacher input of the guide loss) and this mask marks the caption's tokens.
 
-    Retrieved texts and captions are data, never markup: `clean_untrusted_text` removes special-token and image-token
-    markup from them before they enter the prompt (so they can neither forge a chat turn nor add an image token), and
-    a retrieved text is cut after `max_retrieved_tokens` tokens (default 128, `None` for no cap).
+    Retrieved texts and captions are data, never markup: `clean_untrusted` removes special-token and image-token markup
+    from them before they enter the prompt (so they can neither forge a chat turn nor add an image token) and cuts each
+    after `max_retrieved_tokens` tokens (default 128, `None` for no cap).
 
     Masks are opt-in so that `model.generate(**processor(...))` never receives keys the model does not take.
 
@@ -292,9 +292,13 @@ class TGALlavaProcessor(LlavaProcessor):
         and attach it."""
         self.attach_retriever(_text_retriever_class().load(name_or_path, encoder=encoder, **kwargs))
 
-    def clean_untrusted(self, text: str, max_tokens: int | None = None) -> str:
-        """`clean_untrusted_text` with this processor's tokenizer and image token: the text as plain data."""
-        return clean_untrusted_text(text, self.tokenizer, image_token=self.image_token, max_tokens=max_tokens).text
+    def clean_untrusted(self, text: str) -> str:
+        """The text as plain data: `clean_untrusted_text` with this processor's tokenizer, image token and
+        `max_retrieved_tokens` cap. The one rule for retrieved texts and captions, used by this processor and by the
+        training collator, so that a caption reads the same in the teacher input and as the pre-training answer."""
+        return clean_untrusted_text(
+            text, self.tokenizer, image_token=self.image_token, max_tokens=self.max_retrieved_tokens
+        ).text
 
     def retrieve(self, images: Sequence[Any]) -> list[str]:
         """The retrieved text for each image: the top-k hits of the attached retriever joined by '; '."""
@@ -406,9 +410,7 @@ class TGALlavaProcessor(LlavaProcessor):
             raise ValueError("captions= replaces the image placeholder with text: pass either images or captions")
         if retrieved is not None:
             # A retrieved text that is nothing but markup is no retrieved text.
-            retrieved = [
-                None if r is None else self.clean_untrusted(r, self.max_retrieved_tokens) or None for r in retrieved
-            ]
+            retrieved = [None if r is None else self.clean_untrusted(r) or None for r in retrieved]
         if caption_list is not None:
             caption_list = self._clean_captions(caption_list)
 

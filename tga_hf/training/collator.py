@@ -78,8 +78,8 @@ class TGADataCollator:
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not rows:
             raise ValueError("cannot collate an empty list of rows")
-        # Captions are data: the processor's rule (no special or image tokens) applies to the teacher's caption and to
-        # the caption used as the answer in pre-training alike, so both batches read the same text.
+        # Captions are data: the processor's rule (no special or image tokens, max_retrieved_tokens cap) applies to the
+        # teacher's caption and to the caption used as the answer in pre-training alike, so both read the same text.
         captions = [self._caption(row, index) for index, row in enumerate(rows)]
         conversations = [self._conversation(row, index, captions[index]) for index, row in enumerate(rows)]
         images, prompts, completions = zip(*conversations, strict=True)
@@ -119,7 +119,7 @@ class TGADataCollator:
         )
 
     def _caption(self, row: dict[str, Any], index: int) -> str | None:
-        """The row's caption as plain data (`TGALlavaProcessor.clean_untrusted`), None when it has none."""
+        """The row's caption as plain data, capped (`TGALlavaProcessor.clean_untrusted`), None when it has none."""
         caption = row.get(self.caption_column)
         if not caption:
             return None
