@@ -65,6 +65,7 @@ def _train(args: argparse.Namespace) -> int:
         heldout=args.heldout,
         seed=args.seed,
         image_size=args.image_size,
+        layout=args.layout,
         tower={
             "num_hidden_layers": args.layers,
             "hidden_size": width,
@@ -92,12 +93,13 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from ..data.render import DEFAULT_FONT
+    from ..data.render_grid import GRID_FONT
     from ..data.sources import load_safebench
     from ..weights import load_text_encoder
     from .model import load_lit_tower
     from .stream import HELDOUT_FONT
     from .texts import read_texts
-    from .train import HELDOUT_FILE, evaluate_tower, load_reading_heads, word_reading_accuracy
+    from .train import HELDOUT_FILE, evaluate_tower, load_reading_heads, tower_layout, word_reading_accuracy
 
     tower, processor = load_lit_tower(args.tower, device=args.device)
     folder = Path(args.tower or tower.name_or_path)
@@ -112,10 +114,15 @@ def _eval(args: argparse.Namespace) -> int:
         ),
         f"SafeBench questions, plain ({len(safebench)}-way)": ([i.meta["question"] for i in safebench], ("plain",)),
     }
-    report = {"tower": str(folder), "fonts": {"training": DEFAULT_FONT, "never_trained": HELDOUT_FONT}, "recall@1": {}}
-    for font in (DEFAULT_FONT, HELDOUT_FONT):
+    layout = tower_layout(folder)
+    # The grid's font is fixed: a never-trained font is a question for flow towers only.
+    fonts = (DEFAULT_FONT, HELDOUT_FONT) if layout == "flow" else (GRID_FONT,)
+    report = {"tower": str(folder), "layout": layout, "fonts": {"training": fonts[0], "never_trained": fonts[1:]}}
+    report["recall@1"] = {}
+    for font in fonts:
         for name, (texts, styles) in rows.items():
-            for style, recall in evaluate_tower(tower, processor, encoder, texts, styles, font=font).items():
+            recalls = evaluate_tower(tower, processor, encoder, texts, styles, font=font, layout=layout)
+            for style, recall in recalls.items():
                 report["recall@1"][f"{name} [{style}, {font}]"] = round(recall["recall@1"], 3)
     try:
         heads = load_reading_heads(folder, tower.config.hidden_size, tower.config.projection_dim)
@@ -123,8 +130,8 @@ def _eval(args: argparse.Namespace) -> int:
         report["word_reading"] = str(error)
     else:
         report["word_reading"] = {
-            font: word_reading_accuracy(tower, heads, encoder, heldout[: args.word_limit], font=font)
-            for font in (DEFAULT_FONT, HELDOUT_FONT)
+            font: word_reading_accuracy(tower, heads, encoder, heldout[: args.word_limit], font=font, layout=layout)
+            for font in fonts
         }
     print(json.dumps(report, indent=2))
     if args.out:
@@ -158,6 +165,12 @@ def add_commands(subparsers) -> None:
     train.add_argument("--heads", type=int, default=4)
     train.add_argument("--patch-size", type=int, default=16, help="16 -> 100 patches of a 160 image; 20 -> 64")
     train.add_argument("--image-size", type=int, default=160)
+    train.add_argument(
+        "--layout",
+        choices=("flow", "grid"),
+        default="flow",
+        help="flow: proportional fonts at varied sizes and places; grid: the monospace glyph grid (data.render_grid)",
+    )
     train.add_argument("--text-encoder", help="SentenceTransformer folder (default: the installed all-MiniLM-L6-v2)")
     train.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     train.add_argument("--workers", type=int, default=1, help="render processes beside the training loop (0: inline)")

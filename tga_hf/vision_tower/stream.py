@@ -14,16 +14,19 @@ import random
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..data.render import DEFAULT_FONT, RenderedText, render_text_layout
+from ..data.render_grid import render_grid_layout
 from .model import render_to_array
 from .texts import benign_sentences, word_salad_sentences
 
 IGNORE_INDEX = -100
+Layout = Literal["flow", "grid"]
 CHARACTER_CLASSES = "abcdefghijklmnopqrstuvwxyz0123456789.,?!'\"-:;()/&%$"
 _CHAR_INDEX = {char: index for index, char in enumerate(CHARACTER_CLASSES)}
 TRAINING_FONTS = (
@@ -67,6 +70,9 @@ class RenderRanges:
     figstep_fraction: float = 0.5
     upscale_fraction: float = 0.3  # drawn on a 200-1024 px canvas (font scaled), then resized like a photo
     line_break_fraction: float = 0.1
+    layout: Layout = "flow"
+    """"flow": proportional fonts at varied sizes and positions; "grid": every render on the monospace glyph grid
+    (`data.render_grid`), two characters per 16-pixel patch, the look of the grid tower's test images."""
 
 
 def _verb_phrase(request: str) -> str | None:
@@ -125,10 +131,28 @@ class SentenceMixture:
                 return sentence
 
 
+def render_layout(
+    text: str, layout: Layout = "flow", size: int = 160, style: str = "plain", font: str = DEFAULT_FONT
+) -> RenderedText:
+    """The evaluation render of `text` in a tower's layout: the renderer's defaults ("flow", in `font`) or the glyph
+    grid ("grid", whose font is fixed)."""
+    if layout == "grid":
+        return render_grid_layout(text, size=size, style=style)
+    if layout != "flow":
+        raise ValueError(f"layout must be 'flow' or 'grid', got {layout!r}")
+    return render_text_layout(text, size=size, style=style, font=font)
+
+
 def _random_render(text: str, rng: random.Random, ranges: RenderRanges) -> tuple[RenderedText, float]:
     """Render `text` with random style, font, size, margin and canvas; returns the render and its scale to
     `ranges.image_size` (boxes are in the canvas's pixels)."""
     style = "figstep" if rng.random() < ranges.figstep_fraction else "plain"
+    if ranges.layout == "grid":
+        if rng.random() < ranges.line_break_fraction:
+            words = text.split()
+            cut = rng.randint(1, max(1, len(words) - 1))
+            text = " ".join(words[:cut]) + "\n" + " ".join(words[cut:])
+        return render_grid_layout(text, size=ranges.image_size, style=style), 1.0
     if rng.random() < ranges.default_style_fraction:
         return render_text_layout(text, size=ranges.image_size, style=style), 1.0
     if rng.random() < ranges.line_break_fraction:
@@ -277,4 +301,5 @@ __all__ = [
     "TowerBatch",
     "TowerBatchStream",
     "patch_targets",
+    "render_layout",
 ]

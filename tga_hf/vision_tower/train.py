@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import CLIPVisionModelWithProjection
 
-from ..data.render import DEFAULT_FONT, RenderStyle, render_text_image, render_text_layout
+from ..data.render import DEFAULT_FONT, RenderStyle
 from ..fileio import atomic_directory
 from .model import encode_images, lit_image_processor, lit_tower_config, pixel_values_from_gray
 from .stream import (
@@ -46,6 +46,7 @@ from .stream import (
     TowerBatch,
     TowerBatchStream,
     patch_targets,
+    render_layout,
 )
 
 HELDOUT_FILE = "heldout.txt"
@@ -74,6 +75,7 @@ class TowerTrainingConfig:
     heldout: int = 1000
     seed: int = 0
     image_size: int = 160
+    layout: str = "flow"  # `RenderRanges.layout`: "grid" trains (and evaluates) on the monospace glyph grid
     tower: dict = field(default_factory=dict)  # extra `lit_tower_config` arguments (layers, width, patch size)
     save_dtype: str = "float16"
     checkpoint_every: int = 50
@@ -84,6 +86,8 @@ class TowerTrainingConfig:
             raise ValueError(f"need max_steps >= 1 and batch_size >= 2, got {self.max_steps} and {self.batch_size}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.layout not in ("flow", "grid"):
+            raise ValueError(f"layout must be 'flow' or 'grid', got {self.layout!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
         for name in ("token_loss_weight", "char_loss_weight"):
@@ -134,14 +138,16 @@ def evaluate_tower(
     size: int | None = None,
     font: str = DEFAULT_FONT,
     progress: bool = True,
+    layout: str = "flow",
 ) -> dict[str, dict[str, float]]:
-    """Image->text recall@1/5 over renders of `texts` in each style, through the saved processor (as users run it)."""
+    """Image->text recall@1/5 over renders of `texts` in each style and `layout`, through the saved processor (as
+    users run it)."""
     size = size or tower.config.image_size
     text_embeddings = encode_texts(text_encoder, texts).cpu()
     results = {}
     for style in styles:
         renders = tqdm(texts, desc=f"eval {style} {font}", disable=not progress, leave=False)
-        images = [render_text_image(t, size=size, style=style, font=font) for t in renders]
+        images = [render_layout(t, layout, size, style, font).image for t in renders]
         image_embeddings = encode_images(images, tower, processor)
         results[style] = retrieval_recall(image_embeddings, text_embeddings)
     return results
@@ -302,7 +308,7 @@ def train_reading_tower(
         step, elapsed = state["step"], state["elapsed_seconds"]
     generator = torch.Generator().manual_seed(config.seed + step)
 
-    ranges = ranges or RenderRanges(image_size=config.image_size)
+    ranges = ranges or RenderRanges(image_size=config.image_size, layout=config.layout)
     if ranges.image_size != config.image_size:
         raise ValueError(f"render ranges draw {ranges.image_size}-pixel images for a {config.image_size}-pixel tower")
     stream = TowerBatchStream(
@@ -368,7 +374,7 @@ def train_reading_tower(
                 if monitor_targets is None:
                     monitor_targets = encode_texts(text_encoder, monitor).cpu()
                 tower.eval()
-                images = [render_text_image(t, size=config.image_size) for t in monitor]
+                images = [render_layout(t, config.layout, config.image_size).image for t in monitor]
                 record["heldout_recall@1"] = retrieval_recall(encode_images(images, tower, processor), monitor_targets)[
                     "recall@1"
                 ]
@@ -408,7 +414,7 @@ def finish_tower(
     save_dtype = getattr(torch, config.save_dtype)
     tower = tower.to(save_dtype).float().eval()
     processor = lit_image_processor(config.image_size)
-    heldout = evaluate_tower(tower, processor, text_encoder, heldout_texts)
+    heldout = evaluate_tower(tower, processor, text_encoder, heldout_texts, layout=config.layout)
     metrics = {
         "config": asdict(config),
         "tower_config": tower.config.to_diff_dict(),
@@ -431,6 +437,14 @@ def finish_tower(
     return metrics
 
 
+def tower_layout(tower_dir: str | Path) -> str:
+    """The render layout a saved tower was trained on (its `training.json`; towers from before layouts: "flow")."""
+    path = Path(tower_dir) / TRAINING_FILE
+    if not path.is_file():
+        return "flow"
+    return json.loads(path.read_text(encoding="utf-8"))["config"].get("layout", "flow")
+
+
 def load_reading_heads(tower_dir: str | Path, hidden_size: int, word_dim: int) -> ReadingHeads:
     """The training heads saved beside a tower (float32, eval mode): the word-reading probe of `tga-hf tower eval`."""
     path = Path(tower_dir) / HEADS_FILE
@@ -449,6 +463,7 @@ def word_reading_accuracy(
     texts: Sequence[str],
     font: str = DEFAULT_FONT,
     styles: Sequence[RenderStyle] = ("plain",),
+    layout: str = "flow",
 ) -> dict[str, float]:
     """How well the penultimate PATCH tokens name the word drawn under them: for every text patch, the nearest row
     of MiniLM's whole word-embedding table (30,522 WordPieces) to the word head's output; top-1 / top-5 accuracy over
@@ -459,7 +474,7 @@ def word_reading_accuracy(
     hits1 = hits5 = total = words_named = words_total = 0
     for style in styles:
         for text in texts:
-            rendered = render_text_layout(text, size=tower.config.image_size, style=style, font=font)
+            rendered = render_layout(text, layout, tower.config.image_size, style, font)
             encoded = text_encoder.tokenizer(rendered.body, add_special_tokens=False, return_offsets_mapping=True)
             targets, _ = patch_targets(
                 rendered, encoded["input_ids"], encoded["offset_mapping"], 1.0, tower.config.image_size, patch
@@ -504,6 +519,7 @@ __all__ = [
     "heldout_sentences",
     "load_reading_heads",
     "retrieval_recall",
+    "tower_layout",
     "train_reading_tower",
     "warmup_cosine",
     "word_reading_accuracy",
