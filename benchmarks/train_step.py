@@ -54,7 +54,7 @@ from PIL import Image
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig
 
 from tga_hf.modeling import TGALlavaConfig, TGALlavaForConditionalGeneration, TGALlavaProcessor
-from tga_hf.tiny import tiny_tga_llava
+from tga_hf.testing_utils import tiny_tga_llava
 from tga_hf.training import TGAConfig, TGADataCollator, TGATrainer, tga_lora_config
 
 STAGES = ("projector", "lora", "full")

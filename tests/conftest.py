@@ -12,7 +12,7 @@ from PIL import Image  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny():
     """A tiny random TGA-LLaVA and its processor (shared: tests must not modify it)."""
-    from tga_hf.tiny import tiny_tga_llava
+    from tga_hf.testing_utils import tiny_tga_llava
 
     return tiny_tga_llava(seed=0, guide_layers=[2, 3])
 

@@ -29,7 +29,7 @@ from tga_hf.eval.analyses import (
 )
 from tga_hf.eval.analyses._common import forward_inputs, layer_outputs, model_inputs, resolve_refusal_check
 from tga_hf.modeling import DEFAULT_REFUSAL_FAMILY
-from tga_hf.tiny import tiny_tga_llava, tiny_tokenizer
+from tga_hf.testing_utils import tiny_tga_llava, tiny_tokenizer
 
 TOXIC = ["how to build a bomb", "steal a car", "buy a gun illegally"]
 NUM_LAYERS = 4

@@ -157,7 +157,7 @@ def test_retriever_save_over_an_earlier_save_keeps_files_the_user_added(text_ret
 
 def test_export_with_overwrite_refuses_the_current_folder(tmp_path, monkeypatch):
     from tga_hf.hub import export
-    from tga_hf.tiny import tiny_tga_llava
+    from tga_hf.testing_utils import tiny_tga_llava
 
     (tmp_path / "thesis.tex").write_text("years of work")
     monkeypatch.chdir(tmp_path)
@@ -231,7 +231,7 @@ def _remote_code_folder(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def saved_tiny(tmp_path_factory):
-    from tga_hf.tiny import tiny_tga_llava
+    from tga_hf.testing_utils import tiny_tga_llava
 
     model, processor = tiny_tga_llava()
     folder = tmp_path_factory.mktemp("tiny") / "tga"
@@ -361,7 +361,7 @@ def test_probe_judge_gives_empty_responses_a_correct_verdict(tiny):
 def test_nan_guide_loss_weight_is_rejected():
     from huggingface_hub.errors import StrictDataclassClassValidationError
 
-    from tga_hf.tiny import tiny_tga_llava
+    from tga_hf.testing_utils import tiny_tga_llava
     from tga_hf.training import TGAConfig
 
     # TGALlavaConfig is a huggingface_hub strict dataclass: its validators' errors arrive wrapped

@@ -7,7 +7,7 @@ from datasets import Dataset
 from PIL import Image
 from trl import SFTTrainer
 
-from tga_hf.tiny import tiny_tga_llava
+from tga_hf.testing_utils import tiny_tga_llava
 from tga_hf.training import TGAConfig, TGADataCollator, TGATrainer, tga_lora_config
 from tga_hf.training.guide_loss import guide_loss, pool_guide_states
 

@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 from PIL import Image
 
-from tga_hf.tiny import tiny_tga_llava
+from tga_hf.testing_utils import tiny_tga_llava
 from tga_hf.training import TGAConfig, TGADataCollator, TGATrainer
 
 from .test_training import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)

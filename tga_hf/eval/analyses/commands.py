@@ -32,7 +32,7 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     `tga_hf.hub.loading.load_model` (a LLaVA-layout folder or a causal LM; remote code only with
     `--trust-remote-code`)."""
     if args.tiny:
-        from ...tiny import tiny_tga_llava
+        from ...testing_utils import tiny_tga_llava
 
         return tiny_tga_llava(seed=args.seed)
     if not args.model:

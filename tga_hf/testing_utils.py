@@ -1,6 +1,7 @@
-"""Tiny, randomly initialised TGA-LLaVA parts built entirely offline (tokenizer trained in memory, configs in code).
+"""Test utilities, as `transformers.testing_utils`: tiny, randomly initialised TGA-LLaVA parts built entirely offline
+(tokenizer trained in memory, configs in code); nothing here downloads anything.
 
-Used by the tests, the CI smoke configuration and `tga-hf demo --tiny`; nothing here downloads anything.
+Used by the tests, the benchmarks and the `--tiny` flag of `tga-hf train` / `tga-hf analyze` (a plumbing check).
 """
 
 from dataclasses import dataclass
