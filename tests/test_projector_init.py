@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tga_hf.projector_init import calibrate_projector, image_features
+from tga_hf.compose import calibrate_projector, image_features
 from tga_hf.testing_utils import tiny_tga_llava
 
 

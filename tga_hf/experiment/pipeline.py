@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
 
-from ..compose import compose
+from ..compose import calibrate_projector, compose
 from ..data.sources import load_refusal_judge_sets
 from ..eval.analyses.cosine import encoder_similarity, image_text_cosine
 from ..eval.analyses.safety_layers import locate_safety_layers
@@ -18,7 +18,6 @@ from ..eval.judges import PhraseRefusalJudge, ProbeRefusalJudge, RefusalJudge, j
 from ..eval.metrics import defense_success_rate, over_refusal_rate, utility_scores
 from ..hub import export
 from ..modeling import RETRIEVAL_DIR
-from ..projector_init import calibrate_projector
 from ..report import (
     EXPERIMENT_TRAINING_SETTINGS,
     JudgeAgreement,
