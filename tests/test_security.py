@@ -296,10 +296,10 @@ def test_train_command_refuses_remote_code_in_one_line_and_the_flag_allows_it(tm
 
 
 def test_tga_folders_load_with_the_package_classes_without_the_flag(saved_tiny):
-    from tga_hf.eval.commands import load_model
+    from tga_hf.cli import build_parser, load_model_from
     from tga_hf.modeling import TGALlavaForConditionalGeneration, TGALlavaProcessor
 
-    model, processor, multimodal = load_model(str(saved_tiny), "cpu", "float32")
+    model, processor, multimodal = load_model_from(build_parser().parse_args(["eval", "--model", str(saved_tiny)]))
     assert type(model) is TGALlavaForConditionalGeneration and type(processor) is TGALlavaProcessor and multimodal
     # the exported auto_map is there, but it was not used: the classes are the installed ones, not a copy
     assert "auto_map" in json.loads((saved_tiny / "config.json").read_text())
