@@ -65,48 +65,74 @@ class TinySpec:
     patch_size: int = 8
     vision_hidden: int = 32
     vision_layers: int = 2
+    vision_heads: int = 2
     text_hidden: int = 64
     text_layers: int = 4
     heads: int = 4
     kv_heads: int = 2
 
+    def vision_sizes(self) -> dict[str, int]:
+        """The tower's `CLIPVisionConfig` sizes (also `tga_hf.vision_tower.model.lit_tower_config` arguments), all
+        but `image_size`."""
+        return {
+            "hidden_size": self.vision_hidden,
+            "intermediate_size": self.vision_hidden * 2,
+            "num_hidden_layers": self.vision_layers,
+            "num_attention_heads": self.vision_heads,
+            "patch_size": self.patch_size,
+        }
+
+
+def tiny_vision_config(spec: TinySpec | None = None, **overrides) -> CLIPVisionConfig:
+    """The tiny CLIP-style tower's config; `overrides` are further `CLIPVisionConfig` fields (e.g. `projection_dim`
+    for a `CLIPVisionModelWithProjection`)."""
+    spec = spec or TinySpec()
+    return CLIPVisionConfig(**{"image_size": spec.image_size, **spec.vision_sizes(), **overrides})
+
+
+def tiny_text_config(tokenizer: PreTrainedTokenizerFast, spec: TinySpec | None = None, **overrides) -> Qwen2Config:
+    """The tiny Qwen2-style LM's config for `tokenizer` (its vocabulary and special tokens); `overrides` are further
+    `Qwen2Config` fields."""
+    spec = spec or TinySpec()
+    settings = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": spec.text_hidden,
+        "intermediate_size": spec.text_hidden * 2,
+        "num_hidden_layers": spec.text_layers,
+        "num_attention_heads": spec.heads,
+        "num_key_value_heads": spec.kv_heads,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": False,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.eos_token_id,
+    }
+    return Qwen2Config(**{**settings, **overrides})
+
+
+def tiny_image_processor(image_size: int = TinySpec.image_size) -> CLIPImageProcessorPil:
+    """A CLIP image processor for square `image_size` inputs (resize the short side, centre crop)."""
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+
 
 def tiny_tga_llava(
     seed: int = 0, spec: TinySpec | None = None, **tga_settings
 ) -> tuple[TGALlavaForConditionalGeneration, TGALlavaProcessor]:
-    """A random tiny TGA-LLaVA (CLIP-style tower + Qwen2-style LM) composed with `tga_hf.compose`."""
+    """A random tiny TGA-LLaVA (CLIP-style tower + Qwen2-style LM) composed with `tga_hf.compose`.
+
+    Example:
+
+    ```python
+    >>> model, processor = tiny_tga_llava(guide_layers=[2, 3])
+    ```"""
     spec = spec or TinySpec()
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
-    vision = CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=spec.vision_hidden,
-            intermediate_size=spec.vision_hidden * 2,
-            num_hidden_layers=spec.vision_layers,
-            num_attention_heads=2,
-            image_size=spec.image_size,
-            patch_size=spec.patch_size,
-        )
-    )
-    language_model = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=len(tokenizer),
-            hidden_size=spec.text_hidden,
-            intermediate_size=spec.text_hidden * 2,
-            num_hidden_layers=spec.text_layers,
-            num_attention_heads=spec.heads,
-            num_key_value_heads=spec.kv_heads,
-            max_position_embeddings=512,
-            tie_word_embeddings=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.eos_token_id,
-        )
-    )
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": spec.image_size},
-        crop_size={"height": spec.image_size, "width": spec.image_size},
-    )
+    vision = CLIPVisionModel(tiny_vision_config(spec))
+    language_model = Qwen2ForCausalLM(tiny_text_config(tokenizer, spec))
+    image_processor = tiny_image_processor(spec.image_size)
     model, processor = compose(vision, language_model, tokenizer, image_processor, **tga_settings)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
