@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 from ..cli import add_model_options, add_safebench_option, load_model_from
@@ -30,19 +29,6 @@ from .report import build_report, judged_safety_section, utility_entries, write_
 SAFETY_DATASETS = ("safebench", "benign", "advbench", "harmbench")
 
 
-def limit_per_category(items: Sequence[EvalItem], limit: int | None) -> list[EvalItem]:
-    """The first `limit` items of each category (all with None)."""
-    if limit is None:
-        return list(items)
-    counts: dict[str, int] = {}
-    kept = []
-    for item in items:
-        counts[item.category] = counts.get(item.category, 0) + 1
-        if counts[item.category] <= limit:
-            kept.append(item)
-    return kept
-
-
 def safety_items(args: argparse.Namespace) -> list[EvalItem]:
     """The harmful and benign items named by --datasets (and --vlguard), expanded to --modalities."""
     names = [name for name in args.datasets.split(",") if name]
@@ -57,9 +43,9 @@ def safety_items(args: argparse.Namespace) -> list[EvalItem]:
     }
     items = []
     for name in names:
-        items += limit_per_category(loaders[name](), args.limit)
+        items += sources.first_per_category(loaders[name](), args.limit)
     if args.vlguard:
-        items += limit_per_category(sources.load_vlguard(args.vlguard, args.vlguard_images), args.limit)
+        items += sources.first_per_category(sources.load_vlguard(args.vlguard, args.vlguard_images), args.limit)
     return sources.with_modalities(items, args.modalities.split(","))
 
 
