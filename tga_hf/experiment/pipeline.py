@@ -200,21 +200,11 @@ def evaluate_text(
     base: BaseModels, data: ExperimentData, judges: Judges, config: ExperimentConfig, out_dir: Path, progress: bool
 ) -> Conditions:
     """The "text" condition, the ceiling: the base LLM on the text twins of the safety test and the benign inputs."""
-    toxic = generate_responses(
-        base.llm,
-        base.tokenizer,
-        [item.text_twin() for item in data.toxic_test],
-        config.max_new_tokens,
-        progress=progress,
-        output_path=out_dir / "responses" / "text.jsonl",
+    generate = partial(
+        generate_responses, base.llm, base.tokenizer, max_new_tokens=config.max_new_tokens, progress=progress
     )
-    benign = generate_responses(
-        base.llm,
-        base.tokenizer,
-        [item.text_twin() for item in data.benign_test],
-        config.max_new_tokens,
-        progress=progress,
-    )
+    toxic = generate([item.text_twin() for item in data.toxic_test], output_path=out_dir / "responses" / "text.jsonl")
+    benign = generate([item.text_twin() for item in data.benign_test])
     return Conditions(
         dsr={"text": judges.judge("text", toxic, harmful=True)},
         over_refusal={"text": judges.judge("text", benign, harmful=False)},
