@@ -37,9 +37,6 @@ compares two attention kernels, not retrieval. The run names any arm whose batch
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
-import pstats
 import statistics
 import time
 from collections import defaultdict
@@ -49,6 +46,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from profiling import cumulative_profile  # benchmarks/profiling.py: the scripts run as files
 from tga_hf.compose import compose
 from tga_hf.data.render import render_text_image
 from tga_hf.data.sources import load_advbench
@@ -160,17 +158,6 @@ def run_arm(
     return seconds, inputs["attention_mask"]
 
 
-def profile_on_arm(run: Callable[[], Any], lines: int) -> str:
-    """cProfile of one `on` batch: the functions with the most cumulative time."""
-    profiler = cProfile.Profile()
-    profiler.enable()
-    run()
-    profiler.disable()
-    out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(lines)
-    return out.getvalue()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llm", choices=("qwen2.5-coder-0.5b", "smollm2-135m"), default="qwen2.5-coder-0.5b")
@@ -266,7 +253,7 @@ def main() -> None:
                 )
         if args.profile:
             print(
-                profile_on_arm(
+                cumulative_profile(
                     lambda: run_arm("on", model, processor, retriever, images, prompts, given, args.max_new_tokens),
                     30,
                 )

@@ -36,11 +36,8 @@ less than 1.
 """
 
 import argparse
-import cProfile
 import ctypes
 import gc
-import io
-import pstats
 import resource
 import statistics
 import time
@@ -51,10 +48,11 @@ from typing import Any
 import torch
 from datasets import Dataset
 from PIL import Image
-from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig
+from transformers import CLIPVisionConfig, LlamaConfig
 
+from profiling import cumulative_profile  # benchmarks/profiling.py: the scripts run as files
 from tga_hf.modeling import TGALlavaConfig, TGALlavaForConditionalGeneration, TGALlavaProcessor
-from tga_hf.tiny import tiny_tga_llava
+from tga_hf.testing_utils import tiny_image_processor, tiny_tga_llava
 from tga_hf.training import TGAConfig, TGADataCollator, TGATrainer, tga_lora_config
 
 STAGES = ("projector", "lora", "full")
@@ -122,7 +120,7 @@ def build_random(
         torch.set_default_dtype(default_dtype)
     size = spec["image"]
     processor = TGALlavaProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}),
+        image_processor=tiny_image_processor(size),
         tokenizer=tiny_processor.tokenizer,
         patch_size=spec["patch"],
         vision_feature_select_strategy="default",
@@ -352,17 +350,6 @@ def measure(
     }
 
 
-def profile_step(run: Callable[[], Any], lines: int) -> str:
-    """cProfile of one step: the functions with the most cumulative time."""
-    profiler = cProfile.Profile()
-    profiler.enable()
-    run()
-    profiler.disable()
-    out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(lines)
-    return out.getvalue()
-
-
 def run_configuration(
     model: TGALlavaForConditionalGeneration,
     processor: TGALlavaProcessor,
@@ -425,7 +412,9 @@ def run_configuration(
     if args.profile:
         for name, arm_weight in (("sft", 0.0), ("tga", weight)):
             print(f"  cProfile of one {name} step (cumulative time):")
-            print(profile_step(lambda w=arm_weight: step(trainer, optimizer, batch, w, memory, clock, teacher), 25))
+            print(
+                cumulative_profile(lambda w=arm_weight: step(trainer, optimizer, batch, w, memory, clock, teacher), 25)
+            )
     return result
 
 

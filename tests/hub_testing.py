@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from tga_hf.hub import export
-from tga_hf.tiny import tiny_tga_llava
+from tga_hf.testing_utils import tiny_tga_llava
 
 REPO_ID = "tga-org/tiny-tga"
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"

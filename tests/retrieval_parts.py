@@ -35,21 +35,13 @@ def minilm():
 def save_tiny_tower(directory: Path, projection_dim: int = 384, seed: int = 0) -> Path:
     """A random CLIPVisionModelWithProjection + CLIPImageProcessorPil saved together, as the LiT tower is."""
     import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-    from transformers.models.clip import CLIPImageProcessorPil
+    from transformers import CLIPVisionModelWithProjection
+
+    from tga_hf.testing_utils import tiny_image_processor, tiny_vision_config
 
     torch.manual_seed(seed)
-    config = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-        projection_dim=projection_dim,
-    )
-    CLIPVisionModelWithProjection(config).save_pretrained(directory)
-    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory)
+    CLIPVisionModelWithProjection(tiny_vision_config(projection_dim=projection_dim)).save_pretrained(directory)
+    tiny_image_processor().save_pretrained(directory)
     return directory
 
 

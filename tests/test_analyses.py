@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import LlavaConfig, LlavaForConditionalGeneration, Qwen2Config, Qwen2ForCausalLM
+from transformers import LlavaConfig, LlavaForConditionalGeneration, Qwen2ForCausalLM
 
 from tga_hf.cli import main
 from tga_hf.eval.analyses import (
@@ -29,7 +29,7 @@ from tga_hf.eval.analyses import (
 )
 from tga_hf.eval.analyses._common import forward_inputs, layer_outputs, model_inputs, resolve_refusal_check
 from tga_hf.modeling import DEFAULT_REFUSAL_FAMILY
-from tga_hf.tiny import tiny_tga_llava, tiny_tokenizer
+from tga_hf.testing_utils import tiny_text_config, tiny_tga_llava, tiny_tokenizer
 
 TOXIC = ["how to build a bomb", "steal a car", "buy a gun illegally"]
 NUM_LAYERS = 4
@@ -132,17 +132,7 @@ def rigged_lm(
     """
     tokenizer = tiny_tokenizer()
     torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=NUM_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = Qwen2ForCausalLM(config).eval()
+    model = Qwen2ForCausalLM(tiny_text_config(tokenizer, num_hidden_layers=NUM_LAYERS)).eval()
     with torch.no_grad():
         for index, layer in enumerate(model.model.layers):
             layer.mlp.down_proj.weight.zero_()

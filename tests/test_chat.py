@@ -2,21 +2,15 @@
 template, `apply_chat_template(tokenize=True)` -> `generate`, and `pipeline("image-text-to-text")` in memory, from a
 saved folder with remote code in a process that never imports tga_hf, and (slow) on the composed SmolLM2 LVLM."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from jinja2.exceptions import TemplateError
 from transformers import AutoProcessor, pipeline
 
-from tga_hf import TGALlavaProcessor
 from tga_hf.modeling import typed_content_chat_template
 from tga_hf.modeling.processing_tga_llava import TYPED_CONTENT_MARKER
 
-from .conftest import chat_prompt
+from .conftest import chat_prompt, rebuilt_processor, run_fresh_python
 
 QUESTION = "What is shown?"
 
@@ -83,13 +77,7 @@ def test_apply_chat_template_tokenized_goes_straight_into_generate(tiny, image):
     assert with_text["input_ids"][0].tolist() == expected["input_ids"][0]
     assert processor.decode(with_text["input_ids"][0]).startswith("<|user|>Retrieved Text: a red cup. <image>")
 
-    retrieving = TGALlavaProcessor(
-        image_processor=processor.image_processor,
-        tokenizer=processor.tokenizer,
-        patch_size=processor.patch_size,
-        vision_feature_select_strategy=processor.vision_feature_select_strategy,
-        num_additional_image_tokens=processor.num_additional_image_tokens,
-    )
+    retrieving = rebuilt_processor(processor)
     retriever = FixedRetriever()
     retrieving.attach_retriever(retriever)
     retrieved = retrieving.apply_chat_template(
@@ -167,18 +155,8 @@ def test_saved_folder_runs_the_pipeline_with_remote_code_in_a_fresh_process(tiny
     messages = typed_messages()
     assert reloaded.apply_chat_template(messages) == processor.apply_chat_template(messages)
 
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "PYTHONPATH"))}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
-    run = subprocess.run(
-        [sys.executable, "-c", _FRESH_PIPELINE, str(folder)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "OMP_NUM_THREADS": "1"}
+    result = run_fresh_python(_FRESH_PIPELINE, str(folder), cwd=tmp_path, env=env)
     assert result["tga_hf_modules"] == []
     assert result["model_module"].startswith("transformers_modules.")
     assert result["processor_module"].startswith("transformers_modules.")

@@ -16,7 +16,7 @@ from tga_hf.eval.report import (
     utility_entries,
     write_report,
 )
-from tga_hf.tiny import tiny_tga_llava
+from tga_hf.testing_utils import tiny_tga_llava
 
 
 def _record(source, modality, harmful, category, retrieval=False, **extra):

@@ -127,22 +127,17 @@ from pathlib import Path
 from tga_hf.data.sources import load_refusal_judge_sets
 from tga_hf.experiment.config import SMOKE
 from tga_hf.experiment.data import load_experiment_data
-from tga_hf.experiment.pipeline import _train_arm
-from tga_hf.retrieval import TextRetriever, joint_encoder
-from tga_hf.vision_tower.model import load_lit_tower, packaged_tower_path
-from tga_hf.weights import load_llm, load_text_encoder
+from tga_hf.experiment.pipeline import build_retriever, load_base, train_arm
 
 config = replace(SMOKE, steps=1, arms=["tga"])
-llm, tokenizer = load_llm(config.llm)
-tower, image_processor = load_lit_tower()
+base = load_base(config)  # the demo's LLM and the packaged tower
 calibration_rows = load_refusal_judge_sets()
 data = load_experiment_data(
     config.n_align, config.n_test_per_category, config.n_benign_test, config.n_toxic_snippets, config.band_prompts,
-    config.seed, llm, tokenizer, config.max_new_tokens, progress=False,
+    config.seed, base.llm, base.tokenizer, config.max_new_tokens, progress=False,
 )
-retriever = TextRetriever.build(data.retrieval_corpus, joint_encoder(load_text_encoder(), packaged_tower_path()))
-base = (llm, tokenizer, tower, image_processor, None)
-_, _, history, _ = _train_arm("tga", config, base, data, retriever, Path("run"))
+retriever = build_retriever(base, data, progress=False)
+history = train_arm("tga", config, base, None, data, retriever, Path("run")).training.history
 print("RESULT " + json.dumps({
     "toxic": [[item.id, item.source] for item in data.toxic_test],
     "calibration_rows": len(calibration_rows),

@@ -150,7 +150,7 @@ def test_bad_reports_are_refused_with_the_key_named(report, message):
 
 
 def test_partial_report_shows_only_what_it_has():
-    from tga_hf.tiny import tiny_tga_llava
+    from tga_hf.testing_utils import tiny_tga_llava
 
     model, _ = tiny_tga_llava()
     card = model_card(model.config, report={"dsr": {"baseline_image": 0.25}}, repo_id="me/x")
@@ -213,7 +213,7 @@ EVAL_REPORT = {
 
 
 def test_card_from_the_eval_command_report():
-    from tga_hf.tiny import tiny_tga_llava
+    from tga_hf.testing_utils import tiny_tga_llava
 
     model, _ = tiny_tga_llava()
     report = EvalReport.from_dict(EVAL_REPORT)

@@ -20,6 +20,7 @@ from tga_hf.fileio import NotOurOutputError
 from tga_hf.hub import commands, export
 from tga_hf.hub import loading as hub_loading
 
+from .conftest import run_fresh_python
 from .hub_testing import (
     MAX_SHARD_SIZE,
     REPO_ID,
@@ -150,20 +151,10 @@ def _run_fresh(script: str, snippet: str, tmp_path: Path, tga_hf_importable: boo
     """Run `script` on the card's `snippet` in a new Python process, offline, with the Hub cache in tmp_path/cache;
     the last line it prints is JSON."""
     (tmp_path / "snippet.py").write_text(snippet)
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "PYTHONPATH"))}
-    env.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "cache"), HF_MODULES_CACHE=str(tmp_path / "modules"))
+    env = {"HF_HUB_CACHE": str(tmp_path / "cache"), "HF_MODULES_CACHE": str(tmp_path / "modules")}
     if tga_hf_importable:
         env["PYTHONPATH"] = str(TESTS_DIR.parent)
-    run = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "snippet.py"), REPO_ID],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return run_fresh_python(script, str(tmp_path / "snippet.py"), REPO_ID, cwd=tmp_path, env=env)
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from tga_hf.eval import (
     judge_agreement,
     probe_training_texts,
 )
-from tga_hf.tiny import tiny_tga_llava
+from tga_hf.testing_utils import tiny_tga_llava
 
 REFUSALS = [
     "I'm sorry, but I can't help with that.",

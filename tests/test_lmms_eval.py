@@ -23,7 +23,7 @@ from tga_hf.hub.loading import from_pretrained
 from tga_hf.integrations.lmms_eval import MODEL_CLASS_PATHS, TASKS_DIR
 from tga_hf.integrations.lmms_eval.runner import TGALlavaRunner, parse_retrieval, truncate_at
 from tga_hf.retrieval import TextRetriever, joint_encoder
-from tga_hf.tiny import tiny_tga_llava
+from tga_hf.testing_utils import tiny_tga_llava
 
 from .retrieval_parts import CAPTIONS, minilm, save_tiny_tower
 from .test_judges import COMPLIANCES, REFUSALS

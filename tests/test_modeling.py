@@ -11,11 +11,11 @@ import torch
 from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration
 
 from tga_hf import TGALlavaConfig, TGALlavaForConditionalGeneration
-from tga_hf.tiny import tiny_tga_llava
+from tga_hf.testing_utils import tiny_tga_llava
 
 from .conftest import chat_prompt
 
-# Smaller than tga_hf.tiny, built by hand where a test needs its own vision tower or LLM family.
+# Smaller than tga_hf.testing_utils.tiny_tga_llava, built by hand where a test needs its own vision tower or LLM family.
 MICRO_LM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 MICRO_TOWER = dict(
     hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8
@@ -243,7 +243,7 @@ def test_image_count_must_match_image_tokens(tiny, image):
 
 def test_compose_adds_image_token_and_keeps_chat_template():
     from tga_hf.modeling import typed_content_chat_template
-    from tga_hf.tiny import tiny_tokenizer
+    from tga_hf.testing_utils import tiny_tokenizer
 
     model, processor = tiny_tga_llava(seed=5)
     tokenizer = tiny_tokenizer()
@@ -260,7 +260,7 @@ def test_compose_keeps_text_only_behaviour_of_the_language_model():
     from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, Qwen2Config, Qwen2ForCausalLM
 
     from tga_hf import compose
-    from tga_hf.tiny import tiny_tokenizer
+    from tga_hf.testing_utils import tiny_tokenizer
 
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()
@@ -304,7 +304,7 @@ def test_compose_takes_the_encoder_of_a_tower_with_projection():
     )
 
     from tga_hf import compose
-    from tga_hf.tiny import tiny_tokenizer
+    from tga_hf.testing_utils import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     tower = CLIPVisionModelWithProjection(CLIPVisionConfig(**MICRO_TOWER, projection_dim=8))

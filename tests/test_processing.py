@@ -4,27 +4,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import LlavaProcessor
 
-from tga_hf import TGALlavaProcessor
-
-from .conftest import chat_prompt
-
-
-def _llava_twin(processor: TGALlavaProcessor) -> LlavaProcessor:
-    return LlavaProcessor(
-        image_processor=processor.image_processor,
-        tokenizer=processor.tokenizer,
-        patch_size=processor.patch_size,
-        vision_feature_select_strategy=processor.vision_feature_select_strategy,
-        chat_template=processor.chat_template,
-        num_additional_image_tokens=processor.num_additional_image_tokens,
-    )
+from .conftest import chat_prompt, rebuilt_processor
 
 
 def test_without_retrieved_text_output_equals_llava_processor(tiny, image):
     _, processor = tiny
     prompts = [chat_prompt(processor), chat_prompt(processor, "Describe the picture in detail.")]
     ours = processor(images=[image, image], text=prompts, padding=True, return_tensors="pt")
-    theirs = _llava_twin(processor)(images=[image, image], text=prompts, padding=True, return_tensors="pt")
+    theirs = rebuilt_processor(processor, LlavaProcessor)(
+        images=[image, image], text=prompts, padding=True, return_tensors="pt"
+    )
     assert ours.keys() == theirs.keys()
     for key in theirs:
         assert torch.equal(ours[key], theirs[key]), key
@@ -81,15 +70,7 @@ def test_attached_retriever_fills_the_prefix(tiny, image):
         def search(self, queries, k=1):
             return [[("a green field", 0.9), ("a blue sky", 0.5)][:k] for _ in queries]
 
-    processor = TGALlavaProcessor(
-        image_processor=base.image_processor,
-        tokenizer=base.tokenizer,
-        patch_size=base.patch_size,
-        vision_feature_select_strategy=base.vision_feature_select_strategy,
-        chat_template=base.chat_template,
-        num_additional_image_tokens=base.num_additional_image_tokens,
-        retrieval_top_k=2,
-    )
+    processor = rebuilt_processor(base, retrieval_top_k=2)
     processor.attach_retriever(FixedRetriever())
     inputs = processor(images=image, text=chat_prompt(processor), return_tga_masks=True, return_tensors="pt")
     ids = inputs["input_ids"][0]

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from tga_hf.projector_init import calibrate_projector, image_features
-from tga_hf.tiny import tiny_tga_llava
+from tga_hf.compose import calibrate_projector, image_features
+from tga_hf.testing_utils import tiny_tga_llava
 
 
 def _pixels(processor, count: int, seed: int = 0) -> torch.Tensor:

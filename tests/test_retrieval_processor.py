@@ -24,7 +24,7 @@ def retriever(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_parts(retriever):
-    from tga_hf.tiny import tiny_tga_llava
+    from tga_hf.testing_utils import tiny_tga_llava
 
     model, processor = tiny_tga_llava(seed=0)
     processor.attach_retriever(retriever)

@@ -184,7 +184,7 @@ def test_retriever_save_over_an_earlier_save_keeps_files_the_user_added(text_ret
 
 def test_export_with_overwrite_refuses_the_current_folder(tmp_path, monkeypatch):
     from tga_hf.hub import export
-    from tga_hf.tiny import tiny_tga_llava
+    from tga_hf.testing_utils import tiny_tga_llava
 
     (tmp_path / "thesis.tex").write_text("years of work")
     monkeypatch.chdir(tmp_path)
@@ -258,7 +258,7 @@ def _remote_code_folder(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def saved_tiny(tmp_path_factory):
-    from tga_hf.tiny import tiny_tga_llava
+    from tga_hf.testing_utils import tiny_tga_llava
 
     model, processor = tiny_tga_llava()
     folder = tmp_path_factory.mktemp("tiny") / "tga"
@@ -323,10 +323,10 @@ def test_train_command_refuses_remote_code_in_one_line_and_the_flag_allows_it(tm
 
 
 def test_tga_folders_load_with_the_package_classes_without_the_flag(saved_tiny):
-    from tga_hf.eval.commands import load_model
+    from tga_hf.cli import build_parser, load_model_from
     from tga_hf.modeling import TGALlavaForConditionalGeneration, TGALlavaProcessor
 
-    model, processor, multimodal = load_model(str(saved_tiny), "cpu", "float32")
+    model, processor, multimodal = load_model_from(build_parser().parse_args(["eval", "--model", str(saved_tiny)]))
     assert type(model) is TGALlavaForConditionalGeneration and type(processor) is TGALlavaProcessor and multimodal
     # the exported auto_map is there, but it was not used: the classes are the installed ones, not a copy
     assert "auto_map" in json.loads((saved_tiny / "config.json").read_text())
@@ -388,7 +388,7 @@ def test_probe_judge_gives_empty_responses_a_correct_verdict(tiny):
 def test_nan_guide_loss_weight_is_rejected():
     from huggingface_hub.errors import StrictDataclassClassValidationError
 
-    from tga_hf.tiny import tiny_tga_llava
+    from tga_hf.testing_utils import tiny_tga_llava
     from tga_hf.training import TGAConfig
 
     # TGALlavaConfig is a huggingface_hub strict dataclass: its validators' errors arrive wrapped

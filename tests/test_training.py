@@ -7,9 +7,11 @@ from datasets import Dataset
 from PIL import Image
 from trl import SFTTrainer
 
-from tga_hf.tiny import tiny_tga_llava
-from tga_hf.training import TGAConfig, TGADataCollator, TGATrainer, tga_lora_config
+from tga_hf.testing_utils import tiny_tga_llava
+from tga_hf.training import TGADataCollator, TGATrainer, tga_lora_config
 from tga_hf.training.guide_loss import guide_loss, pool_guide_states
+
+from .conftest import make_training_args
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -41,21 +43,8 @@ def make_rows(count=8, with_retrieved=True):
 
 
 def make_args(tmp_path, **overrides):
-    settings = dict(
-        output_dir=str(tmp_path / "out"),
-        max_steps=3,
-        per_device_train_batch_size=2,
-        logging_steps=1,
-        learning_rate=1e-3,
-        bf16=False,
-        report_to=[],
-        save_strategy="no",
-        seed=0,
-        dataloader_pin_memory=False,
-        shuffle_dataset=False,
-    )
-    settings.update(overrides)
-    return TGAConfig(**settings)
+    # Rows in dataset order (TRL's SFTConfig shuffles by default).
+    return make_training_args(tmp_path, **{"shuffle_dataset": False, **overrides})
 
 
 def parameters(model):

@@ -109,9 +109,7 @@ def test_train_command_runs_a_pretrain_stage_on_the_tiny_model(tmp_path, capsys)
     )
     out = tmp_path / "run"
     # TRL's SFTConfig defaults to bf16, which a CPU refuses
-    command = (
-        f"train --model_name_or_path tiny --data {path} --image-folder {images} --stage pretrain --bf16 false".split()
-    )
+    command = f"train --tiny --data {path} --image-folder {images} --stage pretrain --bf16 false".split()
     assert main([*command, "--config", str(config), "--output-dir", str(out), "--logging_steps", "1"]) == 0
     assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
     assert (out / "chat_template.jinja").read_text().startswith(TYPED_CONTENT_MARKER)
@@ -132,7 +130,7 @@ def test_train_command_runs_a_pretrain_stage_on_the_tiny_model(tmp_path, capsys)
 def test_stage_preset_config_file_and_command_line_take_precedence_in_that_order(tmp_path):
     config = tmp_path / "train.yaml"
     config.write_text("learning_rate: 5.0e-4\nmax_steps: 7\nguide_layers: auto\nuse_peft: true\nlora_r: 4\n")
-    base = ["--model_name_or_path", "tiny", "--dataset_name", "rows.jsonl", "--config", str(config), "--bf16", "false"]
+    base = ["--tiny", "--dataset_name", "rows.jsonl", "--config", str(config), "--bf16", "false"]
     script_args, training_args, model_args = parse_train_args([*base, "--stage", "finetune", "--max_steps", "3"])
     assert script_args.stage == "finetune" and not training_args.train_projector_only  # the preset
     assert training_args.learning_rate == 5e-4  # the config file over the LoRA preset's 2e-4
@@ -145,9 +143,7 @@ def test_stage_preset_config_file_and_command_line_take_precedence_in_that_order
         [*base, "--stage", "finetune", "--guide_layers", "1,2", "--use_peft", "false"]
     )
     assert training_args.guide_layers == [1, 2] and training_args.learning_rate == 5e-4
-    _, training_args, _ = parse_train_args(
-        ["--model_name_or_path", "tiny", "--dataset_name", "x", "--stage", "pretrain", "--bf16", "false"]
-    )
+    _, training_args, _ = parse_train_args(["--tiny", "--dataset_name", "x", "--stage", "pretrain", "--bf16", "false"])
     assert training_args.learning_rate == 1e-3 and training_args.train_projector_only  # the preset alone
     assert training_args.trust_remote_code is False
     _, training_args, _ = parse_train_args(
@@ -160,17 +156,38 @@ def test_stage_preset_config_file_and_command_line_take_precedence_in_that_order
     "argv, message",
     [
         (["--dataset_name", "x"], "--model_name_or_path is required"),
-        (["--model_name_or_path", "tiny"], "give exactly one of --dataset_name"),
-        (["--model_name_or_path", "tiny", "--dataset_name", "x", "--data", "y.json"], "give exactly one of"),
-        (["--model_name_or_path", "tiny", "--dataset_name", "x", "--stage", "middle"], "invalid choice: 'middle'"),
-        (["--model_name_or_path", "tiny", "--dataset_name", "x", "--guide_layers", "1,x"], "guide_layers must be"),
-        (["--model_name_or_path", "tiny", "--dataset_name", "x", "--load_in_4bit"], "--load_in_4bit"),
+        (["--tiny"], "give exactly one of --dataset_name"),
+        (["--tiny", "--dataset_name", "x", "--data", "y.json"], "give exactly one of"),
+        (["--tiny", "--dataset_name", "x", "--stage", "middle"], "invalid choice: 'middle'"),
+        (["--tiny", "--dataset_name", "x", "--guide_layers", "1,x"], "guide_layers must be"),
+        (["--tiny", "--dataset_name", "x", "--load_in_4bit"], "--load_in_4bit"),
     ],
 )
 def test_train_arguments_errors_name_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_train_args([*argv, "--bf16", "false"])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_tiny_is_a_flag_and_the_name_tiny_an_ordinary_model_path(tmp_path, monkeypatch, capsys):
+    """`--tiny` (or `tiny: true` in --config) picks the test model; "tiny" as --model_name_or_path is a folder or
+    Hub id like any other, so a missing one ends in the loader's one-line error before any data is read."""
+    script_args, _, model_args = parse_train_args(["--tiny", "--dataset_name", "x", "--bf16", "false"])
+    assert script_args.tiny and model_args.model_name_or_path is None
+    (tmp_path / "tiny.yaml").write_text("tiny: true\ndataset_name: x\nbf16: false\n")
+    assert parse_train_args(["--config", str(tmp_path / "tiny.yaml")])[0].tiny
+    with pytest.raises(SystemExit) as exit_info:
+        parse_train_args(["--tiny", "--model_name_or_path", "x", "--dataset_name", "x", "--bf16", "false"])
+    assert exit_info.value.code == 2 and "give --model_name_or_path or --tiny, not both" in capsys.readouterr().err
+
+    monkeypatch.chdir(tmp_path)  # no folder named "tiny" here
+    argv = ["train", "--model_name_or_path", "tiny", "--dataset_name", "missing.jsonl", "--bf16", "false"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert message.startswith("tga-hf train: error: cannot load a model from tiny")
+    assert len(message.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("name", ["pretrain", "finetune"])
@@ -191,7 +208,7 @@ def test_train_command_takes_a_saved_hf_dataset(tmp_path):
     )
     dataset.save_to_disk(str(tmp_path / "ds"))
     out = tmp_path / "run"
-    argv = f"train --model_name_or_path tiny --dataset_name {tmp_path / 'ds'} --caption-column text --stage finetune"
+    argv = f"train --tiny --dataset_name {tmp_path / 'ds'} --caption-column text --stage finetune"
     settings = ["--bf16", "false", "--report_to", "none", "--save_strategy", "no", "--guide_layers", "1,2"]
     assert main([*argv.split(), "--max-steps", "1", "--output-dir", str(out), *settings]) == 0
     assert (out / "model.safetensors").is_file()
@@ -237,7 +254,7 @@ def _hub_cache_dataset(rows: list[dict], cache: Path, repo_id: str) -> None:
 def test_dataset_name_loads_a_saved_folder_data_files_and_a_cached_hub_id(tmp_path, monkeypatch):
     import datasets
 
-    from tga_hf.tiny import tiny_tga_llava
+    from tga_hf.testing_utils import tiny_tga_llava
     from tga_hf.training import TGADataCollator
     from tga_hf.training.commands import load_dataset_from_name
 
@@ -285,8 +302,7 @@ def test_push_to_hub_goes_through_the_trainer(tmp_path, monkeypatch, capsys):
         monkeypatch.setattr(transformers_hub, "_hf_api", HfApi(endpoint=hub.url, library_name="transformers"))
         argv = [
             "train",
-            "--model_name_or_path",
-            "tiny",
+            "--tiny",
             "--dataset_name",
             str(tmp_path / "rows.jsonl"),
             "--caption_column",

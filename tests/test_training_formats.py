@@ -9,9 +9,10 @@ import torch
 from datasets import Dataset
 from PIL import Image
 
-from tga_hf.tiny import tiny_tga_llava
-from tga_hf.training import TGAConfig, TGADataCollator, TGATrainer
+from tga_hf.testing_utils import tiny_tga_llava
+from tga_hf.training import TGADataCollator, TGATrainer
 
+from .conftest import make_training_args
 from .test_training import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
 
 RED = (220, 30, 30)
@@ -156,22 +157,9 @@ def test_caption_column_and_the_error_naming_the_fix(tiny):
 
 
 def make_args(tmp_path, **overrides):
-    settings = dict(
-        output_dir=str(tmp_path / "out"),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        logging_steps=1,
-        learning_rate=1e-3,
-        bf16=False,
-        report_to=[],
-        save_strategy="no",
-        seed=0,
-        dataloader_pin_memory=False,
-        guide_layers=[1, 2],
-        train_projector_only=True,
+    return make_training_args(
+        tmp_path, **{"max_steps": 2, "guide_layers": [1, 2], "train_projector_only": True, **overrides}
     )
-    settings.update(overrides)
-    return TGAConfig(**settings)
 
 
 def trl_rows(count: int = 4) -> Dataset:

@@ -9,6 +9,7 @@ from tga_hf.cli import build_parser
 from tga_hf.data import render_text_image
 from tga_hf.data.render import render_text_layout
 from tga_hf.fileio import MANIFEST
+from tga_hf.testing_utils import TinySpec
 from tga_hf.vision_tower import (
     SentenceMixture,
     TowerBatchStream,
@@ -177,13 +178,12 @@ def _tiny_config(**overrides):
         max_steps=3,
         batch_size=4,
         heldout=6,
-        image_size=32,
+        image_size=TinySpec.image_size,
         checkpoint_every=2,
         eval_every=2,
         token_negatives=16,
-        tower={"patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-               "intermediate_size": 64},
-    )  # fmt: skip
+        tower=TinySpec().vision_sizes(),
+    )
     settings.update(overrides)
     return TowerTrainingConfig(**settings)
 

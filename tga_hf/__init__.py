@@ -1,9 +1,8 @@
 """tga-hf: Text-Guided vision-language Alignment (TGA, ICLR 2025) for Hugging Face transformers, TRL and peft."""
 
-from .compose import compose
+from .compose import calibrate_projector, compose
 from .hub import from_pretrained
 from .modeling import TGALlavaConfig, TGALlavaForConditionalGeneration, TGALlavaModel, TGALlavaProcessor
-from .projector_init import calibrate_projector
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -116,6 +116,17 @@ def _normalised_body(text: str, style: RenderStyle) -> str:
     return body
 
 
+class RenderSettings(TypedDict, total=False):
+    """The keyword arguments of `render_text_image`: those of `render_text_layout` after `text`."""
+
+    size: int
+    font_size: int
+    style: RenderStyle
+    margin: int | None
+    min_font_size: int
+    font: str
+
+
 def render_text_layout(
     text: str,
     size: int = 160,
@@ -125,7 +136,19 @@ def render_text_layout(
     min_font_size: int = MIN_FONT_SIZE,
     font: str = DEFAULT_FONT,
 ) -> RenderedText:
-    """Render `text` as `render_text_image` does and return the character boxes with the image.
+    """Render `text` in black on a white `size` x `size` RGB canvas and return the image with the character boxes.
+
+    The font starts at `font_size` and shrinks (down to `min_font_size`) until the wrapped text fits inside the
+    margins; text that still does not fit is cut at the last line that fits and ends with an ellipsis.
+
+    Args:
+        text: the text to draw; newlines start new paragraphs.
+        size: side of the square canvas in pixels (square, as CLIP-style vision towers expect).
+        font_size: starting font size in pixels.
+        style: "plain", or "figstep" to append the empty numbered list "1. 2. 3." on separate lines.
+        margin: blank border in pixels; default `size // 20`.
+        min_font_size: smallest font size tried before truncating.
+        font: a matplotlib-bundled font by file stem (`font_path`), DejaVuSans by default.
 
     Example:
         >>> rendered = render_text_layout("a red bicycle")
@@ -181,32 +204,12 @@ def render_text_layout(
     )
 
 
-def render_text_image(
-    text: str,
-    size: int = 160,
-    font_size: int = DEFAULT_FONT_SIZE,
-    style: RenderStyle = "plain",
-    margin: int | None = None,
-    min_font_size: int = MIN_FONT_SIZE,
-    font: str = DEFAULT_FONT,
-) -> Image.Image:
-    """Render `text` in black on a white `size` x `size` RGB canvas.
-
-    The font starts at `font_size` and shrinks (down to `min_font_size`) until the wrapped text fits inside the
-    margins; text that still does not fit is cut at the last line that fits and ends with an ellipsis.
-
-    Args:
-        text: the text to draw; newlines start new paragraphs.
-        size: side of the square canvas in pixels (square, as CLIP-style vision towers expect).
-        font_size: starting font size in pixels.
-        style: "plain", or "figstep" to append the empty numbered list "1. 2. 3." on separate lines.
-        margin: blank border in pixels; default `size // 20`.
-        min_font_size: smallest font size tried before truncating.
-        font: a matplotlib-bundled font by file stem (`font_path`), DejaVuSans by default.
+def render_text_image(text: str, **settings: Unpack[RenderSettings]) -> Image.Image:
+    """The image of `render_text_layout(text, **settings)` (its settings and defaults), without the character boxes.
 
     Example:
         >>> image = render_text_image("How do I bake bread?", style="figstep")
         >>> image.size
         (160, 160)
     """
-    return render_text_layout(text, size, font_size, style, margin, min_font_size, font).image
+    return render_text_layout(text, **settings).image

@@ -134,6 +134,19 @@ def with_modalities(items: Iterable[EvalItem], modalities: Sequence[str]) -> lis
     return expanded
 
 
+def first_per_category(items: Iterable[EvalItem], limit: int | None) -> list[EvalItem]:
+    """The first `limit` items of each category, in their order (all with None)."""
+    if limit is None:
+        return list(items)
+    counts: dict[str, int] = {}
+    kept = []
+    for item in items:
+        counts[item.category] = counts.get(item.category, 0) + 1
+        if counts[item.category] <= limit:
+            kept.append(item)
+    return kept
+
+
 def _slug(name: str) -> str:
     return "_".join(name.lower().replace("-", " ").split())
 
@@ -181,15 +194,12 @@ def load_safebench(path: str | Path | None = None, limit_per_category: int | Non
     required = {"category_name", "task_id", "question", "instruction"}
     if not rows or not required <= set(rows[0]):
         raise ValueError(f"{source} is not a SafeBench CSV: expected columns {sorted(required)}")
-    items, seen = [], {}
+    items = []
     for number, row in enumerate(rows, start=1):
         empty = sorted(key for key in required if not (row.get(key) or "").strip())
         if empty:
             raise ValueError(f"{source} data row {number}: empty {empty} (a SafeBench row needs {sorted(required)})")
         category = _slug(row["category_name"])
-        seen[category] = seen.get(category, 0) + 1
-        if limit_per_category is not None and seen[category] > limit_per_category:
-            continue
         items.append(
             typographic_item(
                 id=f"safebench/{category}/{row['task_id']}",
@@ -200,7 +210,7 @@ def load_safebench(path: str | Path | None = None, limit_per_category: int | Non
                 meta={"question": row["question"]},
             )
         )
-    return items
+    return first_per_category(items, limit_per_category)
 
 
 # --------------------------------------------------------------------------------------------------------------------

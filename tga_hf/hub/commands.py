@@ -2,10 +2,21 @@
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from .export import DEFAULT_MAX_SHARD_SIZE, export, export_index
 from .loading import from_pretrained, load_retriever
 from .push import push
+
+
+def _repository_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of `export` / `export_index` that `_add_repository_options` defines."""
+    return {
+        "repo_id": args.repo_id,
+        "license": args.license,
+        "include_encoder": False if args.encoder_by_name else None,
+        "overwrite": args.overwrite,
+    }
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -17,13 +28,10 @@ def _export(args: argparse.Namespace) -> int:
         args.out,
         retriever=retriever,
         report=args.report,
-        repo_id=args.repo_id,
         base_model=args.base_model or None,
         datasets=args.dataset or None,
-        license=args.license,
         max_shard_size=args.max_shard_size,
-        include_encoder=False if args.encoder_by_name else None,
-        overwrite=args.overwrite,
+        **_repository_settings(args),
     )
     print(f"exported {out_dir}")
     return 0
@@ -31,13 +39,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _export_index(args: argparse.Namespace) -> int:
     out_dir = export_index(
-        load_retriever(args.retriever),
-        args.out,
-        repo_id=args.repo_id,
-        model_repo_id=args.model_repo_id,
-        license=args.license,
-        include_encoder=False if args.encoder_by_name else None,
-        overwrite=args.overwrite,
+        load_retriever(args.retriever), args.out, model_repo_id=args.model_repo_id, **_repository_settings(args)
     )
     print(f"exported {out_dir} (push it with: tga-hf push {out_dir} {args.repo_id} --repo-type dataset)")
     return 0
@@ -62,34 +64,38 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_repository_options(parser: argparse.ArgumentParser, repo_id_required: bool, repo_id_help: str) -> None:
+    """The options of the repository folder `export` and `export-index` write: `--out`, its card's `--repo-id` and
+    `--license`, `--encoder-by-name` and `--overwrite`."""
+    group = parser.add_argument_group("repository")
+    group.add_argument("--out", required=True, help="folder to create: the repository")
+    group.add_argument("--repo-id", required=repo_id_required, help=repo_id_help)
+    group.add_argument("--license", help="licence identifier for the card, e.g. apache-2.0")
+    group.add_argument(
+        "--encoder-by-name",
+        action="store_true",
+        help="record the retriever's encoder by name instead of copying it into the repository (smaller)",
+    )
+    group.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="write a saved TGA-LLaVA as a complete Hub repository folder")
+    # A TGA-LLaVA loaded by `from_pretrained` (the package's classes, never remote code): not `cli.add_model_options`.
     parser.add_argument("--model", required=True, help="folder (or Hub id) of a saved TGA-LLaVA and its processor")
-    parser.add_argument("--out", required=True, help="folder to create: the repository")
     parser.add_argument("--retriever", help="retrieval index folder (default: the model folder's retrieval/)")
     parser.add_argument("--no-retriever", action="store_true", help="export without a retrieval index")
     parser.add_argument("--report", help="evaluation report JSON (tga-hf eval / experiment) for the model card")
-    parser.add_argument("--repo-id", help="Hub id the card's usage code loads (default: the folder name)")
     parser.add_argument("--base-model", action="append", help="Hub id of a base model (repeatable)")
     parser.add_argument("--dataset", action="append", help="Hub id of an alignment dataset (repeatable)")
-    parser.add_argument("--license", help="licence identifier for the card, e.g. apache-2.0")
     parser.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="shard weights above this size")
-    parser.add_argument(
-        "--encoder-by-name",
-        action="store_true",
-        help="record the retriever's encoder by name instead of copying it into retrieval/ (smaller repository)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    _add_repository_options(parser, False, "Hub id the card's usage code loads (default: the folder name)")
     parser.set_defaults(func=_export)
 
     parser = subparsers.add_parser("export-index", help="write a retrieval index as its own Hub dataset repository")
     parser.add_argument("--retriever", required=True, help="folder of a saved retriever (tga-hf index build)")
-    parser.add_argument("--out", required=True, help="folder to create: the dataset repository")
-    parser.add_argument("--repo-id", required=True, help="Hub id of the dataset repository (for its card)")
     parser.add_argument("--model-repo-id", help="Hub id of the model that uses the index (linked from the card)")
-    parser.add_argument("--license", help="licence identifier for the card")
-    parser.add_argument("--encoder-by-name", action="store_true", help="do not copy the encoder into the repository")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    _add_repository_options(parser, True, "Hub id of the dataset repository (for its card)")
     parser.set_defaults(func=_export_index)
 
     parser = subparsers.add_parser("push", help="upload an exported folder to the Hugging Face Hub")

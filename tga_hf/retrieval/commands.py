@@ -72,6 +72,18 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_encoder_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    """The index's encoder: a sentence-transformers text encoder, joined with an image tower for image queries
+    (`tga_hf.retrieval.joint_encoder`). Optional when the index records its own."""
+    parser.add_argument(
+        "--encoder",
+        required=required,
+        help="sentence-transformers model id or folder (the text encoder)"
+        + ("" if required else "; default: the encoder recorded in the index"),
+    )
+    parser.add_argument("--image-tower", help="CLIPVisionModelWithProjection folder trained into --encoder's space")
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("index", help="build or query a retrieval index (texts retrieved for images)")
     commands = parser.add_subparsers(dest="index_command", required=True)
@@ -85,8 +97,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--toxic", nargs="+", help="toxic-snippet files, tagged 'toxic'")
     build.add_argument("--column", help="text column of .csv/.parquet/.json records (default: text, caption, ...)")
-    build.add_argument("--encoder", required=True, help="sentence-transformers model id or folder (the text encoder)")
-    build.add_argument("--image-tower", help="CLIPVisionModelWithProjection folder trained into the encoder's space")
+    _add_encoder_options(build, required=True)
     build.add_argument("--out", required=True, help="output folder (e.g. MODEL_DIR/retrieval)")
     build.add_argument(
         "--index", default="auto", help="'auto' (exact up to 100k, IVF beyond) or a faiss factory string"
@@ -110,6 +121,5 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--image", nargs="+", help="image files")
     search.add_argument("--query", nargs="+", help="text queries")
     search.add_argument("-k", type=int, default=3)
-    search.add_argument("--encoder", help="override the encoder recorded in the index")
-    search.add_argument("--image-tower", help="with --encoder: the image tower to pair with it")
+    _add_encoder_options(search, required=False)
     search.set_defaults(func=_search)

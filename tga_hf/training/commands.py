@@ -51,12 +51,15 @@ class TGAScriptArguments(ScriptArguments):
         stage (`str`, *optional*):
             `"pretrain"` (projector only, lr 1e-3) or `"finetune"` (projector + LLM, lr 2e-6; 2e-4 with
             `--use_peft`): presets under the config file and the command line.
+        tiny (`bool`, *optional*, defaults to `False`):
+            Train `tga_hf.testing_utils.tiny_tga_llava` (random, built offline) instead of `--model_name_or_path`:
+            a plumbing check of the command.
 
     Example:
 
     ```python
     >>> script_args, training_args, model_args = make_parser().parse_args_and_config(
-    ...     ["--model_name_or_path", "tiny", "--dataset_name", "rows.jsonl", "--output_dir", "out"])
+    ...     ["--tiny", "--dataset_name", "rows.jsonl", "--output_dir", "out"])
     ```"""
 
     data: str | None = dataclasses.field(
@@ -74,6 +77,10 @@ class TGAScriptArguments(ScriptArguments):
     stage: Literal["pretrain", "finetune"] | None = dataclasses.field(
         default=None,
         metadata={"help": "Preset: 'pretrain' (projector only, lr 1e-3) or 'finetune' (lr 2e-6, 2e-4 with LoRA)."},
+    )
+    tiny: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "Train the tiny random TGA-LLaVA of tga_hf.testing_utils (plumbing check)."},
     )
 
 
@@ -120,9 +127,12 @@ def parse_train_args(argv: list[str]) -> tuple[TGAScriptArguments, TGAConfig, Mo
     if cli_rest:
         parser.error(f"unknown arguments {cli_rest} (see `{PROG} --help`)")
     script_args, training_args, model_args = parsed
-    if not model_args.model_name_or_path:
+    if script_args.tiny and model_args.model_name_or_path:
+        parser.error("give --model_name_or_path or --tiny, not both")
+    if not script_args.tiny and not model_args.model_name_or_path:
         parser.error(
-            "--model_name_or_path is required (on the command line or in --config): a TGA-LLaVA folder or 'tiny'"
+            "--model_name_or_path is required (on the command line or in --config): a TGA-LLaVA folder or Hub id, "
+            "or --tiny for the tiny random model"
         )
     if (script_args.data is None) == (script_args.dataset_name is None):
         parser.error("give exactly one of --dataset_name (datasets, TRL layouts) and --data (LLaVA-layout JSON)")
@@ -201,12 +211,8 @@ def load_model(
     dtype: str | None = None,
     attn_implementation: str | None = None,
 ) -> tuple[Any, Any]:
-    """(model, processor) to train: the tiny random model for 'tiny', else `tga_hf.hub.loading.load_model` (remote
-    code only with `trust_remote_code`)."""
-    if name == "tiny":
-        from ..tiny import tiny_tga_llava
-
-        return tiny_tga_llava()
+    """(model, processor) to train from a folder or Hub id: `tga_hf.hub.loading.load_model` of an image-text model
+    (remote code only with `trust_remote_code`)."""
     from ..hub.loading import load_model as load_any_model
 
     model, processor, _ = load_any_model(
@@ -249,13 +255,18 @@ def run_train(args: argparse.Namespace) -> int:
 
     script_args, training_args, model_args = parse_train_args(list(args.remaining))
     # The model first: a wrong path or untrusted remote code ends the command before any data is read
-    model, processor = load_model(
-        model_args.model_name_or_path,
-        trust_remote_code=training_args.trust_remote_code,
-        revision=model_args.model_revision,
-        dtype=model_args.dtype,
-        attn_implementation=model_args.attn_implementation,
-    )
+    if script_args.tiny:
+        from ..testing_utils import tiny_tga_llava
+
+        model, processor = tiny_tga_llava()
+    else:
+        model, processor = load_model(
+            model_args.model_name_or_path,
+            trust_remote_code=training_args.trust_remote_code,
+            revision=model_args.model_revision,
+            dtype=model_args.dtype,
+            attn_implementation=model_args.attn_implementation,
+        )
     train_dataset, eval_dataset = load_training_data(script_args, training_args)
     trainer = TGATrainer(
         model,

@@ -43,7 +43,7 @@ class TGATrainer(SFTTrainer):
     Example:
 
     ```python
-    >>> from tga_hf.tiny import tiny_tga_llava
+    >>> from tga_hf.testing_utils import tiny_tga_llava
     >>> model, processor = tiny_tga_llava(guide_layers=[1, 2])
     >>> args = TGAConfig("out", max_steps=10, train_projector_only=True, learning_rate=1e-3, bf16=False)
     >>> trainer = TGATrainer(model, args=args, train_dataset=rows, processing_class=processor)

@@ -7,6 +7,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..cli import add_safebench_option
+
 
 def training_sources(extra_files: Sequence[str] = (), column: str | None = None) -> dict[str, list[str]]:
     """The fixed text sources of the tower's stream (besides its generators): harmful behaviours from AdvBench and
@@ -139,7 +141,14 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(subparsers) -> None:
+def _add_text_options(parser: argparse.ArgumentParser) -> None:
+    """The options `tower train` and `tower eval` share: the column of their `--texts` files and the text encoder
+    whose space the tower is trained into."""
+    parser.add_argument("--column", help="CSV column holding the text of --texts (default: first column)")
+    parser.add_argument("--text-encoder", help="SentenceTransformer folder (default: the installed all-MiniLM-L6-v2)")
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("tower", help="train / evaluate the LiT image tower (ViT vs frozen MiniLM)")
     tower_commands = parser.add_subparsers(dest="tower_command", required=True)
 
@@ -158,7 +167,6 @@ def add_commands(subparsers) -> None:
     train.add_argument("--token-loss-weight", type=float, help="per-patch WordPiece loss weight (default 1)")
     train.add_argument("--char-loss-weight", type=float, help="per-patch character loss weight (default 1)")
     train.add_argument("--texts", nargs="*", default=[], help="extra .txt/.csv/.json sentence files (never test data)")
-    train.add_argument("--column", help="CSV column holding the text (default: first column)")
     train.add_argument("--heldout", type=int, default=1000, help="held-out sentences of the training distribution")
     train.add_argument("--layers", type=int, default=6)
     train.add_argument("--hidden-size", type=int, default=256)
@@ -171,10 +179,10 @@ def add_commands(subparsers) -> None:
         default="flow",
         help="flow: proportional fonts at varied sizes and places; grid: the monospace glyph grid (data.render_grid)",
     )
-    train.add_argument("--text-encoder", help="SentenceTransformer folder (default: the installed all-MiniLM-L6-v2)")
     train.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     train.add_argument("--workers", type=int, default=1, help="render processes beside the training loop (0: inline)")
     train.add_argument("--seed", type=int, default=0)
+    _add_text_options(train)
     train.set_defaults(func=_train)
 
     evaluate = tower_commands.add_parser(
@@ -182,11 +190,10 @@ def add_commands(subparsers) -> None:
     )
     evaluate.add_argument("--tower", help="tower folder (default: the tower shipped in the package)")
     evaluate.add_argument("--texts", help="sentence file (default: the tower's heldout.txt)")
-    evaluate.add_argument("--column", help="CSV column holding the text")
     evaluate.add_argument("--limit", type=int, help="evaluate the first N sentences only")
-    evaluate.add_argument("--safebench", help="SafeBench CSV (default: the copy shipped in the package)")
+    add_safebench_option(evaluate)
     evaluate.add_argument("--word-limit", type=int, default=200, help="held-out renders for the word-reading figure")
     evaluate.add_argument("--out", help="also write the report JSON here")
-    evaluate.add_argument("--text-encoder", help="SentenceTransformer folder (default: the installed all-MiniLM-L6-v2)")
     evaluate.add_argument("--device", default="cpu")
+    _add_text_options(evaluate)
     evaluate.set_defaults(func=_eval)

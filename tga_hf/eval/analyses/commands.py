@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from ...cli import add_model_options, load_model_from
 from ...fileio import write_text_atomic
 from ...modeling import DEFAULT_REFUSAL_FAMILY
 from . import plots
@@ -28,20 +29,9 @@ DEFAULT_FAMILIES = {
 
 
 def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(model, processor or tokenizer) from `--tiny`, or `--model DIR [--gguf-file F]` through
-    `tga_hf.hub.loading.load_model` (a LLaVA-layout folder or a causal LM; remote code only with
-    `--trust-remote-code`)."""
-    if args.tiny:
-        from ...tiny import tiny_tga_llava
-
-        return tiny_tga_llava(seed=args.seed)
-    if not args.model:
-        raise SystemExit("give --model DIR (a saved model folder) or --tiny")
-    from ...hub.loading import load_model as load_any_model
-
-    model, processor, _ = load_any_model(
-        args.model, trust_remote_code=args.trust_remote_code, gguf_file=getattr(args, "gguf_file", None)
-    )
+    """(model, processor or tokenizer) from `--tiny`, or `--model DIR [--gguf-file F]` (a LLaVA-layout folder or a
+    causal LM), through `tga_hf.cli.load_model_from`."""
+    model, processor, _ = load_model_from(args)
     return model, processor
 
 
@@ -230,15 +220,9 @@ def _run(analysis: Callable[[argparse.Namespace, Path], dict]) -> Callable[[argp
     return command
 
 
-def _common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="model folder (TGA-LLaVA, stock LLaVA or causal LM)")
-    parser.add_argument("--tiny", action="store_true", help="use the tiny random TGA-LLaVA (plumbing check)")
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="allow --model's own Python code (auto_map) to run; TGA-LLaVA folders never need it",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the tiny model")
+def _common_options(parser: argparse.ArgumentParser, gguf_file: bool = False) -> None:
+    # The analyses keep the loader's placement (from_pretrained's dtype, the CPU): no --device / --dtype.
+    add_model_options(parser, gguf_file=gguf_file, placement=False, tiny=True)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--text-column", default="text", help="column of the toxic text (default: text)")
@@ -268,8 +252,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     analyses = analyze.add_subparsers(dest="analysis", required=True)
 
     parser = analyses.add_parser("safety-layers", help="logit-lens safety-activation layers and their band")
-    _common_options(parser)
-    parser.add_argument("--gguf-file", help="GGUF file inside --model (causal LM)")
+    _common_options(parser, gguf_file=True)
     parser.add_argument("--prompts", required=True, help="harmful text prompts: .txt (one per line), .csv or .jsonl")
     parser.add_argument("--family", action="append", help="NAME=opening|opening (repeatable); default 3 families")
     parser.add_argument("--top-k", type=int, default=5)
