@@ -1,6 +1,6 @@
 """tga-hf: Text-Guided vision-language Alignment (TGA, ICLR 2025) for Hugging Face transformers, TRL and peft."""
 
-from .compose import calibrate_projector, compose
+from .compose import align_projector_to_text, calibrate_projector, compose
 from .hub import from_pretrained
 from .modeling import TGALlavaConfig, TGALlavaForConditionalGeneration, TGALlavaModel, TGALlavaProcessor
 
@@ -11,6 +11,7 @@ __all__ = [
     "TGALlavaForConditionalGeneration",
     "TGALlavaModel",
     "TGALlavaProcessor",
+    "align_projector_to_text",
     "calibrate_projector",
     "compose",
     "from_pretrained",
