@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data.render import RenderedText
-
 from .modeling import TGALlavaConfig, TGALlavaForConditionalGeneration, TGALlavaProcessor
 
 IMAGE_TOKEN = "<image>"
