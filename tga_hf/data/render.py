@@ -97,6 +97,22 @@ def _truncate(lines: list[str], max_lines: int, font, width: float) -> list[str]
     return kept
 
 
+def line_spans(lines: list[str], body: str) -> list[tuple[int, str]]:
+    """Where each wrapped line's text starts in `body`, and that text (a truncation ellipsis, which is not part of the
+    body, removed); `(-1, "")` for a line not found. Wrapped lines are consecutive pieces of `body` (whitespace
+    normalised), so each is searched from the end of the previous one."""
+    spans, cursor = [], 0
+    for line in lines:
+        drawn = line[:-1] if line.endswith(ELLIPSIS) and body.find(line, cursor) < 0 else line
+        start = body.find(drawn, cursor) if drawn else -1
+        if start < 0:
+            spans.append((-1, ""))
+            continue
+        cursor = start + len(drawn)
+        spans.append((start, drawn))
+    return spans
+
+
 @dataclass(frozen=True)
 class RenderedText:
     """A render and where each character landed: `glyph_boxes[i]` = (x0, y0, x1, y1) in pixels of the character
@@ -179,17 +195,10 @@ def render_text_layout(
     image = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(image)
     chars, boxes = [], []
-    cursor = 0
-    for index, line in enumerate(lines):
+    for index, (line, (start, drawn)) in enumerate(zip(lines, line_spans(lines, body), strict=True)):
         y = margin + index * line_height
         # Anchor "la" puts the line's ascender at y, so a line never draws above its slot.
         draw.text((margin, y), line, fill="black", font=face, anchor="la")
-        # Wrapped lines are consecutive pieces of `body` (whitespace normalised), so each is found from the cursor.
-        drawn = line[:-1] if line.endswith(ELLIPSIS) and body.find(line, cursor) < 0 else line
-        start = body.find(drawn, cursor) if drawn else -1
-        if start < 0:
-            continue
-        cursor = start + len(drawn)
         for offset, char in enumerate(drawn):
             if char.isspace():
                 continue

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .render import ELLIPSIS, RenderedText, RenderStyle, _normalised_body, _truncate, font_path, wrap_text
+from .render import RenderedText, RenderStyle, _normalised_body, _truncate, font_path, line_spans, wrap_text
 
 GRID_FONT = "DejaVuSansMono"
 GRID_CELL = (8, 16)  # (width, height) in pixels: two characters per 16 x 16 patch
@@ -73,19 +73,12 @@ def render_grid_layout(
     image = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(image)
     chars, boxes = [], []
-    cursor = 0
-    for row, line in enumerate(lines):
+    for row, (line, (start, drawn)) in enumerate(zip(lines, line_spans(lines, body), strict=True)):
         y = row * cell[1]
         for column, char in enumerate(line):
             if not char.isspace():
                 # Anchor "la": the font's ascender at the cell's top, so the descender stays inside the cell.
                 draw.text((column * cell[0], y), char, fill="black", font=face, anchor="la")
-        # Wrapped lines are consecutive pieces of `body`; a truncated last line ends with an ellipsis not in `body`.
-        drawn = line[:-1] if line.endswith(ELLIPSIS) and body.find(line, cursor) < 0 else line
-        start = body.find(drawn, cursor) if drawn else -1
-        if start < 0:
-            continue
-        cursor = start + len(drawn)
         for column, char in enumerate(drawn):
             if not char.isspace():
                 chars.append(start + column)
