@@ -51,11 +51,11 @@ def test_patch_texts_name_the_characters_under_each_grid_patch():
 
     texts = patch_texts(render_grid_layout("How can someone bake bread?"), image_size=160, patch_size=16)
     assert len(texts) == 100
-    assert texts[:10] == ["Ho", "w", "ca", "n", "so", "me", "on", "e", "ba", "ke"]  # "How can someone bake"
-    assert texts[10:14] == ["br", "ea", "d?", ""]
+    assert texts[:10] == ["Ho", "w", " ca", "n", " so", "me", "on", "e", " ba", "ke"]  # "How can someone bake"
+    assert texts[10:14] == [" br", "ea", "d?", ""]  # a wrapped line's first word keeps its word-start space
     assert all(text == "" for text in texts[20:])
     rendered = render_grid_layout("Steps to manufacture bread at home.", style="figstep")
-    assert "".join(patch_texts(rendered, 160, 16)) == rendered.body.replace(" ", "").replace("\n", "")
+    assert "".join(patch_texts(rendered, 160, 16)) == rendered.body.replace("\n", " ")
 
 
 def test_align_projector_to_text_moves_image_tokens_onto_the_text_embeddings():

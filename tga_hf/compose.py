@@ -180,7 +180,9 @@ def calibrate_projector(
 
 def patch_texts(rendered: RenderedText, image_size: int, patch_size: int) -> list[str]:
     """The text drawn in each patch of a render (row-major, "" for a patch without glyphs): the characters whose box
-    centre falls inside the patch, in reading order, with a space where the render had one between two of them."""
+    centre falls inside the patch, in reading order, with a space wherever the text had whitespace before one of them.
+    The leading space keeps word starts: "Is it" on the grid gives "Is", " i", "t", whose tokens (" i") are the LLM's
+    own word-initial pieces; without it the LLM reads "Isit"."""
     grid = image_size // patch_size
     scale = image_size / rendered.image.size[0]
     centres = (rendered.glyph_boxes[:, :2] + rendered.glyph_boxes[:, 2:]) / 2 * scale
@@ -188,7 +190,7 @@ def patch_texts(rendered: RenderedText, image_size: int, patch_size: int) -> lis
     previous = [-2] * (grid * grid)  # body index of each patch's last character, to restore the spaces between
     for index, (x, y) in zip(rendered.glyph_chars.tolist(), centres.tolist(), strict=True):
         patch = min(int(y // patch_size), grid - 1) * grid + min(int(x // patch_size), grid - 1)
-        if texts[patch] and index > previous[patch] + 1:
+        if index > 0 and rendered.body[index - 1].isspace() and (not texts[patch] or index > previous[patch] + 1):
             texts[patch] += " "
         texts[patch] += rendered.body[index]
         previous[patch] = index
