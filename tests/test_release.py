@@ -158,6 +158,7 @@ def test_round_trip_without_adapter_gives_identical_logits(base, tmp_path):
     command_model, command_processor, multimodal = hub_loading.load_model(out)
     assert multimodal and torch.equal(logits(command_model, command_processor), logits(model, processor))
     assert hub_loading.load_model(out, dtype=torch.bfloat16)[0].dtype == torch.bfloat16
+    assert tga_hf.from_pretrained(out, dtype="bfloat16")[0].dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("adapter", ["peft", "injected"])

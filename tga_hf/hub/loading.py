@@ -108,7 +108,7 @@ def from_pretrained(
 
     A release folder (it holds `release.json`: the trained parts only, `tga_hf.hub.save_release`) is rebuilt by
     `tga_hf.hub.load_release`: base LLM and tower from the offline packages, verified by sha256; `model_kwargs` are
-    then `load_release`'s (`merge_adapter`, `tower`, `device`).
+    then `load_release`'s (`merge_adapter`, `tower`, `dtype`, `device`).
 
     Args:
         repo_or_dir: a Hub repository id or a local folder written by `tga_hf.hub.export` (or `save_release`).
@@ -195,11 +195,7 @@ def load_model(
     if (Path(name_or_path) / "release.json").is_file():  # a release folder: rebuilt offline, verified
         from .release import load_release
 
-        model, processor = load_release(name_or_path)
-        if dtype is not None and dtype != "auto":
-            model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-        if device is not None:
-            model = model.to(device)
+        model, processor = load_release(name_or_path, dtype=dtype, device=device)
         return model.eval(), processor, True
     source = str(name_or_path)
     extra: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}

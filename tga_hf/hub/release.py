@@ -775,6 +775,7 @@ def load_release(
     encoder: Any | None = None,
     retriever_loader: Callable[[Path], Any] | None = None,
     tower: str | os.PathLike | None = None,
+    dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     revision: str | None = None,
     token: str | bool | None = None,
@@ -794,6 +795,7 @@ def load_release(
         encoder: the retriever's encoder, instead of the one recorded.
         retriever_loader: `loader(path) -> retriever` for `retrieval/` (default: `TextRetriever.load`).
         tower: the vision tower folder, when it is not where the release records it (it is verified all the same).
+        dtype: cast the model to this dtype once it is rebuilt (the base is rebuilt and verified in the recorded one).
         device: where to put the model.
         revision, token, local_files_only: for a Hub repository id, as in `huggingface_hub.snapshot_download`.
     """
@@ -812,6 +814,8 @@ def load_release(
             processor.attach_retriever(load_retriever(index_dir, encoder=encoder))
         else:
             processor.attach_retriever(retriever_loader(index_dir))
+    if dtype is not None and dtype != "auto":
+        model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     if device is not None:
         model = model.to(device)
     return model, processor
