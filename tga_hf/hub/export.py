@@ -50,8 +50,22 @@ _FILE_DESCRIPTIONS = {
 _SHARD = re.compile(r"^model-\d+-of-(\d+)\.safetensors$")
 
 
-def _describe_files(folder: Path) -> list[tuple[str, str]]:
-    """The card's "Files" table: one row per file, shards and the retrieval folder folded into one row each."""
+def write_eval_results(folder: Path, report: Report, arm: str = "tga") -> bool:
+    """Write the model's own results (those of `arm`) to `folder/.eval_results/tga_safety.yaml`, huggingface_hub's
+    eval-results format; False (nothing written) when the report has none."""
+    entries = eval_result_entries(report, arm)
+    if not entries:
+        return False
+    eval_path = folder / EVAL_RESULTS_FILE
+    eval_path.parent.mkdir(exist_ok=True)
+    eval_path.write_text(yaml.safe_dump(eval_result_entries_to_yaml(entries), sort_keys=False))
+    return True
+
+
+def describe_files(folder: Path, descriptions: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """The card's "Files" table: one row per file, shards and the retrieval folder folded into one row each;
+    `descriptions` adds to or replaces the descriptions of an export's files."""
+    descriptions = {**_FILE_DESCRIPTIONS, **(descriptions or {})}
     rows = []
     for path in sorted(p for p in folder.iterdir() if p.name not in (".eval_results", RETRIEVAL_DIR)):
         shard = _SHARD.match(path.name)
@@ -59,7 +73,7 @@ def _describe_files(folder: Path) -> list[tuple[str, str]]:
             if path.name.startswith("model-00001-"):
                 rows.append(("model-*.safetensors", f"weights in {int(shard.group(1))} safetensors shards"))
             continue
-        rows.append((path.name, _FILE_DESCRIPTIONS.get(path.name, "")))
+        rows.append((path.name, descriptions.get(path.name, "")))
     if (folder / RETRIEVAL_DIR).is_dir():
         rows.append((f"{RETRIEVAL_DIR}/", "retrieval index: faiss index, texts, `retriever_config.json`"))
     if (folder / EVAL_RESULTS_FILE).is_file():
@@ -103,6 +117,7 @@ def export(
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     include_encoder: bool | None = None,
     overwrite: bool = False,
+    arm: str = "tga",
 ) -> Path:
     """Write `model`, `processor`, the retriever and the model card into `out_dir`, a ready-to-push Hub repository.
 
@@ -120,6 +135,8 @@ def export(
         max_shard_size: weights above this size are split into shards (`"5GB"`, `"200MB"` or bytes).
         include_encoder: copy the retriever's encoder into `retrieval/` (default: when its `save` can). False records
             the encoder by name only: smaller, but the encoder must be reachable wherever the repository is used.
+        arm: which of the experiment's arms the model is ("tga", "baseline", ...): the card files that arm's settings
+            of the report as the model's own results.
 
     Returns:
         The absolute path of the folder.
@@ -161,11 +178,7 @@ def export(
                 save_retriever(retriever, folder / RETRIEVAL_DIR, include_encoder)
             steps.update()
             steps.set_postfix_str("model card")
-            entries = eval_result_entries(parsed_report)
-            if entries:
-                eval_path = folder / EVAL_RESULTS_FILE
-                eval_path.parent.mkdir()
-                eval_path.write_text(yaml.safe_dump(eval_result_entries_to_yaml(entries), sort_keys=False))
+            write_eval_results(folder, parsed_report, arm)
             card = model_card(
                 model.config,
                 report=parsed_report,
@@ -173,8 +186,9 @@ def export(
                 base_model=base_model,
                 datasets=datasets,
                 license=license,
-                files=[("README.md", _FILE_DESCRIPTIONS["README.md"]), *_describe_files(folder)],
+                files=[("README.md", _FILE_DESCRIPTIONS["README.md"]), *describe_files(folder)],
                 has_retriever=retriever is not None,
+                arm=arm,
             )
             card.save(folder / "README.md")
             steps.update()
@@ -206,4 +220,13 @@ def export_index(
     return out_dir
 
 
-__all__ = ["DEFAULT_MAX_SHARD_SIZE", "REMOTE_CODE_FILES", "export", "export_index", "save_retriever"]
+__all__ = [
+    "DEFAULT_MAX_SHARD_SIZE",
+    "EVAL_RESULTS_FILE",
+    "REMOTE_CODE_FILES",
+    "describe_files",
+    "export",
+    "export_index",
+    "save_retriever",
+    "write_eval_results",
+]

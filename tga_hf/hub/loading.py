@@ -106,8 +106,12 @@ def from_pretrained(
     attached, so it fills the retrieved text for every image by itself. The package's own classes are used (no
     remote code is executed). A checkpoint with missing or non-finite weights raises `IncompleteWeightsError`.
 
+    A release folder (it holds `release.json`: the trained parts only, `tga_hf.hub.save_release`) is rebuilt by
+    `tga_hf.hub.load_release`: base LLM and tower from the offline packages, verified by sha256; `model_kwargs` are
+    then `load_release`'s (`merge_adapter`, `tower`, `dtype`, `device`).
+
     Args:
-        repo_or_dir: a Hub repository id or a local folder written by `tga_hf.hub.export`.
+        repo_or_dir: a Hub repository id or a local folder written by `tga_hf.hub.export` (or `save_release`).
         revision, token, local_files_only: as in `huggingface_hub.snapshot_download`.
         attach_retriever: set False to load without the index (retrieval off at inference).
         encoder: the retriever's encoder, when not the one recorded in `retriever_config.json`.
@@ -122,6 +126,11 @@ def from_pretrained(
     ```
     """
     folder = resolve_repo(repo_or_dir, revision=revision, token=token, local_files_only=local_files_only)
+    if (folder / "release.json").is_file():
+        from .release import load_release
+
+        loaders = {"encoder": encoder, "retriever_loader": retriever_loader}
+        return load_release(folder, attach_retriever=attach_retriever, **loaders, **model_kwargs)
     model, info = TGALlavaForConditionalGeneration.from_pretrained(folder, output_loading_info=True, **model_kwargs)
     check_complete_weights(model, info, folder)
     model.eval()
@@ -149,7 +158,8 @@ def load_model(
     image-text-to-text model (TGA-LLaVA, stock LLaVA, ...) with its processor, else a causal LM with its tokenizer
     (its pad token set to EOS when it has none). The model is in eval mode, on `device` when given.
 
-    TGA-LLaVA folders load with this package's own registered classes; a folder whose config needs its own Python
+    TGA-LLaVA folders load with this package's own registered classes, release folders (`release.json`) through
+    `tga_hf.hub.load_release` (the adapter merged); a folder whose config needs its own Python
     code (an `auto_map` for a model type this process does not know) raises `RemoteCodeNotTrustedError` unless
     `trust_remote_code=True`. Missing or non-finite weights raise `IncompleteWeightsError`; a path that is neither a
     folder nor a Hub id raises `ModelNotFoundError`.
@@ -182,6 +192,11 @@ def load_model(
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
 
     check_model_source(name_or_path)
+    if (Path(name_or_path) / "release.json").is_file():  # a release folder: rebuilt offline, verified
+        from .release import load_release
+
+        model, processor = load_release(name_or_path, dtype=dtype, device=device)
+        return model.eval(), processor, True
     source = str(name_or_path)
     extra: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
     if revision is not None:
