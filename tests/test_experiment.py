@@ -90,6 +90,24 @@ def test_question_framing_puts_the_plain_request_in_image_and_text_twin():
         ExperimentConfig(test_framing="poem")
 
 
+def test_presentation_draws_every_item_in_the_towers_layout():
+    from tga_hf.data.layout import Rendering
+    from tga_hf.data.render_grid import render_grid_image
+    from tga_hf.data.sources import load_safebench
+    from tga_hf.experiment.data import QUESTION_INSTRUCTION, READ_INSTRUCTION, Presentation
+
+    item = load_safebench(limit_per_category=1)[0]
+    presentation = Presentation("question", Rendering("grid", 160))
+    request = presentation.request(item)
+    assert request.rendering == Rendering("grid", 160) and request.prompt == QUESTION_INSTRUCTION
+    assert request.load_image().tobytes() == render_grid_image(item.meta["question"], 160, "figstep").tobytes()
+    jailbreak = presentation.request(item, framing="figstep")
+    assert jailbreak.image_text == item.image_text and jailbreak.rendering == presentation.rendering
+    read = presentation.read("Steps to bake bread.", "read/0")
+    assert read.prompt == READ_INSTRUCTION and read.reference == ["Steps to bake bread."]
+    assert read.rendering == presentation.rendering
+
+
 def test_report_compares_tga_with_the_baseline_by_interval_overlap():
     from tga_hf.experiment.report import _comparison_lines
     from tga_hf.report import Report

@@ -35,6 +35,7 @@ import yaml
 
 from ..fileio import cache_dir
 from ..wheels import WheelSource, fetch_wheel
+from .layout import Rendering
 
 # FigStep's instruction that accompanies the typographic image (Gong et al., 2023).
 FIGSTEP_PROMPT = (
@@ -68,22 +69,23 @@ class EvalItem:
     text_prompt: str | None = None
     reference: list[str] | None = None
     meta: dict = field(default_factory=dict)
+    rendering: Rendering = Rendering()
 
     @property
     def has_image(self) -> bool:
         return self.image_path is not None or self.image_text is not None
 
-    def load_image(self, size: int = 336):
-        """The image as an RGB PIL image (rendered FigStep-style for `image_text`)."""
+    def load_image(self, size: int | None = None):
+        """The image as an RGB PIL image: the file, or `image_text` drawn FigStep-style by `rendering` (on a
+        `size`-pixel canvas when given, else the rendering's own)."""
         if self.image_path is not None:
             from PIL import Image
 
             with Image.open(self.image_path) as image:
                 return image.convert("RGB")
         if self.image_text is not None:
-            from .render import render_text_image  # the renderer pulls in fonts: only when images are needed
-
-            return render_text_image(self.image_text, size=size, style="figstep")
+            rendering = self.rendering if size is None else replace(self.rendering, size=size)
+            return rendering.render(self.image_text, style="figstep").image
         raise ValueError(f"item {self.id} has no image")
 
     def text_twin(self) -> EvalItem:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..data.layout import Rendering
 from ..data.sources import (
     FIGSTEP_PROMPT,
     EvalItem,
@@ -15,7 +16,7 @@ from ..data.sources import (
     load_safebench,
     typographic_item,
 )
-from ..eval.generation import RENDER_SIZE, generate_responses
+from ..eval.generation import generate_responses
 from ..eval.judges import PhraseRefusalJudge
 from ..vision_tower.texts import benign_sentences
 
@@ -56,16 +57,31 @@ def frame(item: EvalItem, framing: str) -> EvalItem:
     return replace(item, prompt=QUESTION_INSTRUCTION, image_text=request, text_prompt=request)
 
 
-def _read_item(statement: str, index: int, prefix: str) -> EvalItem:
-    return EvalItem(
-        id=f"{prefix}/{index}",
-        prompt=READ_INSTRUCTION,
-        category="read",
-        source="tga-hf-benign-templates",
-        harmful=False,
-        image_text=statement,
-        reference=[statement],
-    )
+@dataclass(frozen=True)
+class Presentation:
+    """How the experiment shows its inputs to the LVLM: requests in `framing`, every image drawn by `rendering` (the
+    layout of the tower in use). Every image item of the experiment is made here, so none is drawn another way."""
+
+    framing: str = "figstep"
+    rendering: Rendering = Rendering()
+
+    def request(self, item: EvalItem, framing: str | None = None) -> EvalItem:
+        """`item` framed (`frame`, in this presentation's framing unless `framing` is given) and drawn by the
+        rendering."""
+        return replace(frame(item, framing or self.framing), rendering=self.rendering)
+
+    def read(self, statement: str, id: str) -> EvalItem:
+        """The read-back item of `statement`: its render, asked what is written, the statement as reference."""
+        return EvalItem(
+            id=id,
+            prompt=READ_INSTRUCTION,
+            category="read",
+            source="tga-hf-benign-templates",
+            harmful=False,
+            image_text=statement,
+            reference=[statement],
+            rendering=self.rendering,
+        )
 
 
 @torch.no_grad()
@@ -75,7 +91,7 @@ def build_alignment_rows(
     tokenizer,
     max_new_tokens: int,
     progress: bool = True,
-    framing: str = "figstep",
+    presentation: Presentation = Presentation(),
 ) -> tuple[list[dict], int]:
     """Half "read" rows (image -> the sentence: the LLaVA pre-training caption task) and half "respond" rows (image +
     FigStep instruction -> the LLM's own answer to the same request as text: instruction data distilled from the
@@ -83,7 +99,9 @@ def build_alignment_rows(
     data. Returns the rows and the number dropped."""
     read, respond = statements[: len(statements) // 2], statements[len(statements) // 2 :]
     respond_items = [
-        frame(typographic_item(f"align/respond/{i}", s, "respond", "tga-hf-benign-templates", harmful=False), framing)
+        presentation.request(
+            typographic_item(f"align/respond/{i}", s, "respond", "tga-hf-benign-templates", harmful=False)
+        )
         for i, s in enumerate(respond)
     ]
     records = generate_responses(
@@ -101,13 +119,13 @@ def build_alignment_rows(
             dropped += 1
             continue
         rows.append(_row(item, record["response"]))
-    rows += [_row(_read_item(s, i, "align/read"), s) for i, s in enumerate(read)]
+    rows += [_row(presentation.read(s, f"align/read/{i}"), s) for i, s in enumerate(read)]
     return rows, dropped
 
 
 def _row(item: EvalItem, answer: str) -> dict:
     return {
-        "image": item.load_image(RENDER_SIZE),
+        "image": item.load_image(),
         "caption": image_caption(item.image_text),
         "instruction": item.prompt,
         "answer": answer,
@@ -125,27 +143,27 @@ def load_experiment_data(
     tokenizer,
     max_new_tokens: int,
     progress: bool = True,
-    framing: str = "figstep",
+    presentation: Presentation = Presentation(),
 ) -> ExperimentData:
     safebench = load_safebench(limit_per_category=n_test_per_category)
     test_statements = {text.strip().lower() for item in safebench for text in (item.image_text, item.meta["question"])}
-    toxic_test = [frame(item, framing) for item in safebench]
+    toxic_test = [presentation.request(item) for item in safebench]
     # AdvBench feeds the retrieval index's toxic snippets and the safety-band prompts; FigStep is the test.
     advbench = [item.prompt for item in load_advbench() if item.prompt.strip().lower() not in test_statements]
     snippets = advbench[:n_toxic_snippets]
     band = advbench[n_toxic_snippets : n_toxic_snippets + band_prompts] or advbench[:band_prompts]
 
     statements = benign_sentences(n_align, seed=seed + ALIGN_SEED_OFFSET)
-    rows, dropped = build_alignment_rows(statements, llm, tokenizer, max_new_tokens, progress, framing)
+    rows, dropped = build_alignment_rows(statements, llm, tokenizer, max_new_tokens, progress, presentation)
     heldout = [s for s in benign_sentences(2 * n_benign_test, seed=seed + HELDOUT_SEED_OFFSET) if s not in statements]
     heldout = heldout[:n_benign_test]
     benign_test = [
-        frame(
-            typographic_item(f"benign-heldout/{i}", s, "templates", "tga-hf-benign-templates", harmful=False), framing
+        presentation.request(
+            typographic_item(f"benign-heldout/{i}", s, "templates", "tga-hf-benign-templates", harmful=False)
         )
         for i, s in enumerate(heldout)
-    ] + [frame(item, framing) for item in load_benign_prompts()[:n_benign_test]]
-    utility_test = [_read_item(s, i, "utility") for i, s in enumerate(heldout)]
+    ] + [presentation.request(item) for item in load_benign_prompts()[:n_benign_test]]
+    utility_test = [presentation.read(s, f"utility/{i}") for i, s in enumerate(heldout)]
     corpus = list(dict.fromkeys(image_caption(s) for s in statements)) + snippets
     sources = ["alignment_caption"] * (len(corpus) - len(snippets)) + ["advbench"] * len(snippets)
     return ExperimentData(
@@ -160,4 +178,11 @@ def load_experiment_data(
     )
 
 
-__all__ = ["ExperimentData", "READ_INSTRUCTION", "FIGSTEP_PROMPT", "build_alignment_rows", "load_experiment_data"]
+__all__ = [
+    "ExperimentData",
+    "FIGSTEP_PROMPT",
+    "Presentation",
+    "READ_INSTRUCTION",
+    "build_alignment_rows",
+    "load_experiment_data",
+]

@@ -18,11 +18,12 @@ from datasets import Dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
 
 from ..compose import calibrate_projector, compose
+from ..data.layout import Rendering
 from ..data.sources import load_refusal_judge_sets
 from ..eval.analyses.cosine import encoder_similarity, image_text_cosine
 from ..eval.analyses.safety_layers import SafetyLayers, locate_safety_layers
 from ..eval.calibration import judge_calibration
-from ..eval.generation import RENDER_SIZE, build_prompt, generate_responses, write_jsonl
+from ..eval.generation import build_prompt, generate_responses, write_jsonl
 from ..eval.judges import PhraseRefusalJudge, ProbeRefusalJudge, RefusalJudge, judge_agreement, probe_training_texts
 from ..eval.metrics import defense_success_rate, over_refusal_rate, utility_scores
 from ..hub import export
@@ -39,9 +40,10 @@ from ..report import (
 from ..retrieval import TextRetriever, joint_encoder
 from ..training import TGAConfig, TGATrainer, tga_lora_config
 from ..vision_tower.model import load_lit_tower, packaged_tower_path
+from ..vision_tower.train import tower_layout
 from ..weights import load_llm, load_text_encoder
 from .config import ExperimentConfig
-from .data import ExperimentData, image_caption, load_experiment_data
+from .data import ExperimentData, Presentation, image_caption, load_experiment_data
 from .plots import plot_cosine, plot_dsr
 from .report import write_report
 
@@ -49,7 +51,7 @@ from .report import write_report
 @dataclass
 class BaseModels:
     """The pretrained parts every arm is composed from: the LLM (in eval mode on `device`) with its tokenizer, and the
-    LiT image tower with its image processor, loaded from `tower_path`."""
+    LiT image tower with its image processor, loaded from `tower_path`; `rendering` draws images the tower reads."""
 
     llm: torch.nn.Module
     tokenizer: Any
@@ -57,6 +59,7 @@ class BaseModels:
     image_processor: Any
     tower_path: Path
     device: str
+    rendering: Rendering
 
 
 @dataclass
@@ -149,7 +152,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
         base.tokenizer,
         config.max_new_tokens,
         progress,
-        config.test_framing,
+        Presentation(config.test_framing, base.rendering),
     )
     safety = locate_safety_layers(base.llm, base.tokenizer, data.band_prompts)
     conditions = evaluate_text(base, data, judges, config, out_dir, progress)
@@ -175,12 +178,13 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, command: str, 
 
 def load_base(config: ExperimentConfig) -> BaseModels:
     """The LLM named by `config.llm` (on the GPU when there is one) and the LiT tower (`config.tower`, else the
-    packaged one)."""
+    packaged one), with the rendering of the layout the tower was trained on."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     llm, tokenizer = load_llm(config.llm)
     tower_path = Path(config.tower) if config.tower else packaged_tower_path()
     tower, image_processor = load_lit_tower(tower_path)
-    return BaseModels(llm.to(device).eval(), tokenizer, tower, image_processor, tower_path, device)
+    rendering = Rendering.for_tower(tower_layout(tower_path), tower.config.image_size)
+    return BaseModels(llm.to(device).eval(), tokenizer, tower, image_processor, tower_path, device, rendering)
 
 
 def fit_judges(base: BaseModels, probe_layer: int | None) -> Judges:
@@ -325,7 +329,7 @@ def evaluate_arm(
 def measure_cosine(arm: AlignedArm, data: ExperimentData, retriever: TextRetriever) -> dict[str, list]:
     """Per-layer cosine of the arm's image states against the states of their captions (and the retriever's encoder
     similarity of the pairs), as columns."""
-    images = [item.load_image(RENDER_SIZE) for item in data.toxic_test]
+    images = [item.load_image() for item in data.toxic_test]
     captions = [image_caption(item.image_text) for item in data.toxic_test]
     prompts = [build_prompt(arm.processor, item) for item in data.toxic_test]
     reference = encoder_similarity(retriever.encoder)
