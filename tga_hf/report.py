@@ -737,7 +737,7 @@ def _rate_table(title: str, kind: str, safety: Safety, labels: Mapping[str, str]
     entries: list[SafetyEntry] = getattr(safety, kind)
     if not entries:
         return []
-    short = "DSR" if kind == "dsr" else "over-refusal"
+    short = "over-refusal" if kind == "over_refusal" else "DSR"
     others = list(safety.other_judges)
     header = "| dataset | input | rate % [95% CI] | refused / n |"
     header += "".join(f" {short} ({other}) % [95% CI] |" for other in others)
