@@ -494,3 +494,37 @@ def test_v2_configs_are_two_stage_and_differ_only_by_the_split():
     assert (test.split, test.n_eval_per_category) == ("test", None)
     differing = {key for key, value in dev.to_dict().items() if test.to_dict()[key] != value}
     assert differing == {"name", "split", "n_eval_per_category"}
+
+
+def test_single_stage_settings_still_run_the_demo_path(tiny_run, tmp_path):
+    """The earlier configs and the demo: one projector-only stage on the mixed rows from LLaVA's init (drawn alike by
+    every arm from the seed), FigStep framing (no separate jailbreak row), the dev split (nothing on the ledger)."""
+    from dataclasses import replace
+
+    from tga_hf.experiment import pipeline
+    from tga_hf.experiment.ledger import LEDGER_FILE
+
+    config = replace(
+        tiny_run,
+        split="dev",
+        n_eval_per_category=1,
+        test_framing="figstep",
+        reading=None,
+        instruction=None,
+        n_align=6,
+        steps=2,
+        batch_size=2,
+        projector_init="default",
+        arms=["baseline", "tga"],
+    )
+    out = tmp_path / "runs" / "demo"
+    report = pipeline.run_experiment(config, out, command="pytest demo", progress=False)
+    assert report.split == "dev" and report.n_test == 2 and report.configurations_on_test == []
+    assert not (out.parent / LEDGER_FILE).exists()
+    assert report.safety.jailbreak == [] and report.training["stage"] == "pretrain"
+    assert all(
+        [e["stage"] for e in history] == ["pretrain"] * 2 for history in report.details["training_history"].values()
+    )
+    assert report.details["projector_calibration"] == {} and not (out / "checkpoints" / "projector_init").exists()
+    assert (out / "checkpoints" / "tga" / "pretrain" / "projector.safetensors").is_file()
+    assert [check.name for check in report.preconditions] == ["read_back", "transcription"]
