@@ -1,4 +1,5 @@
-"""The demo's code path end to end at smoke size, on the real SmolLM2 weights, our LiT tower and MiniLM."""
+"""The experiment: its settings, splits, ledger and checkpoints; the pipeline end to end on tiny parts (both training
+recipes, resume), and at smoke size on the real SmolLM2 weights, our LiT tower and MiniLM (slow)."""
 
 import json
 
