@@ -48,9 +48,10 @@ from PIL import Image
 
 from profiling import cumulative_profile  # benchmarks/profiling.py: the scripts run as files
 from tga_hf.compose import compose
+from tga_hf.data.layout import RENDER_SIZE
 from tga_hf.data.render import render_text_image
 from tga_hf.data.sources import load_advbench
-from tga_hf.eval.generation import RENDER_SIZE, chat_prompt
+from tga_hf.eval.generation import chat_prompt
 from tga_hf.experiment.data import QUESTION_INSTRUCTION, image_caption
 from tga_hf.modeling import TGALlavaForConditionalGeneration, TGALlavaProcessor
 from tga_hf.retrieval import TextRetriever, joint_encoder

@@ -290,3 +290,49 @@ def test_cli_judge_calibration_on_local_wheel(tmp_path, capsys):
     both = json.loads((tmp_path / "c.json").read_text())
     assert both["probe"]["scores"]["all"]["n"] == 4 and both["agreement"]["n"] == 4
     assert both["probe"]["judge"]["version"].startswith("layer2-h64")
+
+
+def test_experiment_fields_round_trip_into_the_summary_and_lead_the_markdown():
+    """split, preconditions, jailbreak row, content gap and the test ledger: typed, written, read back, and the
+    flat summary of issue #13 derived from them; the preconditions come before any DSR in report.md."""
+    from tga_hf.report import Precondition, Report, ReportRate, Safety, SafetyEntry, UtilityEntry, render_markdown
+
+    def entry(condition, rate, modality="image"):
+        return SafetyEntry(
+            "figstep-safebench", modality, False, ReportRate(rate, (rate / 2, min(1.0, rate * 2))), {}, condition
+        )
+
+    report = Report(
+        name="v2",
+        n_test=100,
+        split="test",
+        safety=Safety(
+            dsr=[entry("text", 0.6, "text"), entry("baseline_image", 0.1), entry("tga_image", 0.3)],
+            over_refusal=[entry("baseline_image", 0.05)],
+            jailbreak=[entry("tga_image", 0.2)],
+        ),
+        utility=[UtilityEntry("read", "image", 20, {"read_back_rouge_l": 0.8, "answer_rouge_l": 0.4}, "tga_image")],
+        preconditions=[
+            Precondition("read_back", "baseline reads back held-out benign renders", "rougeL", 0.72, 0.6, 20),
+            Precondition("transcription", "baseline transcribes the harmful renders", "rougeL", 0.41, 0.5, 100),
+        ],
+        content_gap={"baseline": 0.01, "tga": 0.05},
+        configurations_on_test=[{"config": "v2", "config_sha256": "ab" * 32, "time": "t", "out_dir": "results/v2"}],
+    )
+    saved = json.loads(json.dumps(report.to_dict()))
+    assert saved["split"] == "test" and saved["preconditions"][1]["passed"] is False
+    assert Report.from_dict(saved).to_dict() == saved
+    summary = saved["summary"]
+    assert summary["dsr"] == {"text": 0.6, "baseline_image": 0.1, "tga_image": 0.3}
+    assert summary["dsr_ci"]["tga_image"] == [0.15, 0.6] and summary["over_refusal"] == {"baseline_image": 0.05}
+    assert summary["jailbreak"] == {"tga_image": 0.2} and "tga_image" not in summary["over_refusal"]
+    assert summary["utility"] == {"read_back_rouge_l": {"tga_image": 0.8}, "answer_rouge_l": {"tga_image": 0.4}}
+    assert summary["content_gap"] == {"baseline": 0.01, "tga": 0.05} and summary["n_test"] == 100
+    assert summary["preconditions"]["read_back"] == {"value": 0.72, "threshold": 0.6, "passed": True}
+    assert summary["configurations_on_test"][0]["out_dir"] == "results/v2"
+    markdown = render_markdown(report)
+    assert markdown.index("## Preconditions") < markdown.index("## Defense success rate")
+    assert "| 0.720 | 0.60 | 20 | PASS |" in markdown and "| 0.410 | 0.50 | 100 | **FAIL** |" in markdown
+    assert markdown.index("## Defense success rate") < markdown.index("## Jailbreak: FigStep")
+    assert "**test** split" in markdown and "`results/v2`" in markdown
+    assert "summary" not in Report(name="eval").to_dict()  # `tga-hf eval` reports carry no split: no summary

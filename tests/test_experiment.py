@@ -1,8 +1,10 @@
-"""The demo's code path end to end at smoke size, on the real SmolLM2 weights, our LiT tower and MiniLM."""
+"""The experiment: its settings, splits, ledger and checkpoints; the pipeline end to end on tiny parts (both training
+recipes, resume), and at smoke size on the real SmolLM2 weights, our LiT tower and MiniLM (slow)."""
 
 import json
 
 import pytest
+import torch
 
 from tga_hf.experiment.config import SMOKE, ExperimentConfig
 
@@ -42,7 +44,7 @@ def test_smoke_experiment_writes_report_export_and_reloads(tmp_path):
         assert 0 <= low <= entry.overall.rate <= high <= 1
     assert report.n_test == 10  # one SafeBench request per category
     details = report.details
-    assert set(details["cosine"]) == {"baseline", "tga"}
+    assert set(details["cosine"]) == set(SMOKE.arms)  # the content gap of every arm
     assert len(details["cosine"]["tga"]["layer"]) == 31  # SmolLM2: 30 layers + embeddings
     assert all(len(history) == SMOKE.steps for history in details["training_history"].values())
     assert any("guide_loss" in entry for entry in details["training_history"]["tga"])
@@ -90,6 +92,24 @@ def test_question_framing_puts_the_plain_request_in_image_and_text_twin():
         ExperimentConfig(test_framing="poem")
 
 
+def test_presentation_draws_every_item_in_the_towers_layout():
+    from tga_hf.data.layout import Rendering
+    from tga_hf.data.render_grid import render_grid_image
+    from tga_hf.data.sources import load_safebench
+    from tga_hf.experiment.data import QUESTION_INSTRUCTION, READ_INSTRUCTION, Presentation
+
+    item = load_safebench(limit_per_category=1)[0]
+    presentation = Presentation("question", Rendering("grid", 160))
+    request = presentation.request(item)
+    assert request.rendering == Rendering("grid", 160) and request.prompt == QUESTION_INSTRUCTION
+    assert request.load_image().tobytes() == render_grid_image(item.meta["question"], 160, "figstep").tobytes()
+    jailbreak = presentation.request(item, framing="figstep")
+    assert jailbreak.image_text == item.image_text and jailbreak.rendering == presentation.rendering
+    read = presentation.read("Steps to bake bread.", "read/0")
+    assert read.prompt == READ_INSTRUCTION and read.reference == ["Steps to bake bread."]
+    assert read.rendering == presentation.rendering
+
+
 def test_report_compares_tga_with_the_baseline_by_interval_overlap():
     from tga_hf.experiment.report import _comparison_lines
     from tga_hf.report import Report
@@ -125,19 +145,20 @@ from dataclasses import replace
 from pathlib import Path
 
 from tga_hf.data.sources import load_refusal_judge_sets
+from tga_hf.experiment.checkpoints import RunFolder
 from tga_hf.experiment.config import SMOKE
-from tga_hf.experiment.data import load_experiment_data
-from tga_hf.experiment.pipeline import build_retriever, load_base, train_arm
+from tga_hf.experiment.data import Presentation, load_experiment_data
+from tga_hf.experiment.pipeline import build_retriever, initial_projector, load_base, train_arm
 
 config = replace(SMOKE, steps=1, arms=["tga"])
 base = load_base(config)  # the demo's LLM and the packaged tower
 calibration_rows = load_refusal_judge_sets()
-data = load_experiment_data(
-    config.n_align, config.n_test_per_category, config.n_benign_test, config.n_toxic_snippets, config.band_prompts,
-    config.seed, base.llm, base.tokenizer, config.max_new_tokens, progress=False,
-)
+run = RunFolder.open(Path("run"), config)
+presentation = Presentation(config.test_framing, base.rendering)
+data = load_experiment_data(config, base.llm, base.tokenizer, presentation, progress=False)
 retriever = build_retriever(base, data, progress=False)
-history = train_arm("tga", config, base, None, data, retriever, Path("run")).training.history
+start = initial_projector(config, base, data, run)
+history = train_arm("tga", config, base, None, data, retriever, start, run, progress=False).training.history
 print("RESULT " + json.dumps({
     "toxic": [[item.id, item.source] for item in data.toxic_test],
     "calibration_rows": len(calibration_rows),
@@ -189,3 +210,322 @@ def test_demo_data_and_a_tga_step_run_from_a_plain_checkout(tmp_path):
     ]
     assert not beside, f"files read from beside the checkout: {beside[:10]}"
     assert str(repo / "tga_hf" / "data" / "figstep" / "safebench.csv") in result["opened"]  # the packaged copy
+
+
+def test_config_splits_stages_and_recipe(tmp_path):
+    from tga_hf.experiment.config import DEMO, StageSettings
+
+    with pytest.raises(ValueError, match="split must be one of"):
+        ExperimentConfig(split="train")
+    with pytest.raises(ValueError, match="test split is evaluated whole"):
+        ExperimentConfig(split="test", n_eval_per_category=3)
+    assert ExperimentConfig(split="test", n_eval_per_category=None).n_eval_per_category is None
+    # the earlier configs and the demo: one stage of the single-stage settings, on the mixed alignment rows
+    (single,) = DEMO.training_plan()
+    assert (single.name, single.rows, single.lora) == ("pretrain", "alignment", False)
+    assert single.settings.steps == DEMO.steps
+    assert DEMO.recipe()["stage"] == "pretrain"
+    path = tmp_path / "v2.yaml"
+    path.write_text("name: v2\nreading: {steps: 5, batch_size: 2}\ninstruction: {steps: 7, learning_rate: 0.0002}\n")
+    config = ExperimentConfig.from_yaml(path)
+    reading, instruction = config.training_plan()
+    assert (reading.name, reading.lora, reading.rows, reading.settings) == (
+        "reading",
+        False,
+        "reading",
+        StageSettings(steps=5, batch_size=2),
+    )
+    assert (instruction.name, instruction.lora, instruction.settings.learning_rate) == ("instruction", True, 0.0002)
+    assert config.recipe()["stages"]["instruction"]["lora_r"] == config.lora_r
+    assert "lora_r" not in config.recipe()["stages"]["reading"]
+    assert config.fingerprint() != ExperimentConfig(name="other").fingerprint()
+    assert config.fingerprint() == ExperimentConfig.from_yaml(path).fingerprint()
+    path.write_text("reading: {steps: 5, stepz: 2}\n")
+    with pytest.raises(ValueError, match="unknown settings \\['stepz'\\] in reading"):
+        ExperimentConfig.from_yaml(path)
+    path.write_text("instruction: {learning_rate: 2e-4}\n")  # YAML 1.1: a string
+    with pytest.raises(ValueError, match="write 0.001, not 1e-3"):
+        ExperimentConfig.from_yaml(path)
+    with pytest.raises(ValueError, match="projector_init must be one of"):
+        ExperimentConfig(projector_init="magic")
+
+
+def test_ledger_records_every_test_evaluation_beside_the_run_folder(tmp_path):
+    from tga_hf.experiment.ledger import LEDGER_FILE, configurations_on_test, record_test_evaluation
+
+    first, second = ExperimentConfig(name="a", split="test", n_eval_per_category=None), ExperimentConfig(name="b")
+    assert configurations_on_test(tmp_path / "runs" / "a") == []
+    record_test_evaluation(first, tmp_path / "runs" / "a")
+    record_test_evaluation(first, tmp_path / "runs" / "a")  # the same run resumed: the same evaluation
+    record_test_evaluation(second, tmp_path / "runs" / "b")
+    lines = (tmp_path / "runs" / LEDGER_FILE).read_text().splitlines()
+    assert len(lines) == 3
+    listed = configurations_on_test(tmp_path / "runs" / "anything")
+    assert [(line["config"], line["config_sha256"]) for line in listed] == [
+        ("a", first.fingerprint()),
+        ("b", second.fingerprint()),
+    ]
+    assert listed[0]["out_dir"] == str(tmp_path / "runs" / "a") and listed[0]["time"].endswith("Z")
+
+
+def test_a_checkpointed_lora_stage_restores_to_the_same_weights(tmp_path):
+    """After a stage only the projector and the LoRA adapter are saved (never the LLM); a fresh composition of the
+    same base restored from them has exactly the trained weights."""
+    from datasets import Dataset
+    from safetensors.torch import load_file
+
+    from tga_hf.experiment.checkpoints import ADAPTER_DIR, PROJECTOR_FILE, RunFolder
+    from tga_hf.experiment.config import StageSettings, TrainingStage
+    from tga_hf.testing_utils import tiny_tga_llava
+    from tga_hf.training import TGATrainer, tga_lora_config
+
+    from .conftest import make_training_args
+    from .test_training import make_rows
+
+    model, processor = tiny_tga_llava(guide_layers=[1, 2])
+    trainer = TGATrainer(
+        model,
+        args=make_training_args(tmp_path, max_steps=2),
+        train_dataset=Dataset.from_list(make_rows(4)),
+        processing_class=processor,
+        peft_config=tga_lora_config(r=2, lora_alpha=4, lora_dropout=0.0),
+    )
+    trainer.train()
+    config = ExperimentConfig(name="ckpt")
+    run = RunFolder.open(tmp_path / "run", config)
+    stage = TrainingStage("instruction", StageSettings(steps=2), lora=True, rows="instruction")
+    merged = run.save_stage("tga", stage, trainer.model, [{"loss": 1.0}])
+    trained = {name: value.clone() for name, value in merged.state_dict().items()}
+    folder = run.stage_dir("tga", stage.name)
+    adapter = load_file(folder / ADAPTER_DIR / "adapter_model.safetensors")
+    assert adapter and all("lora_" in key or "multi_modal_projector" in key for key in adapter)
+    assert set(load_file(folder / PROJECTOR_FILE)) == set(merged.model.multi_modal_projector.state_dict())
+    fresh, _ = tiny_tga_llava(guide_layers=[1, 2])
+    assert any(not torch.equal(fresh.state_dict()[name], value) for name, value in trained.items())
+    assert run.finished_stage("tga", stage) is None  # not resuming: nothing is taken from the folder
+    resumed = RunFolder.open(tmp_path / "run", config, resume=True)
+    assert resumed.finished_stage("tga", stage) == [{"loss": 1.0}]
+    restored = resumed.restore_stage("tga", stage, fresh)
+    for name, value in restored.state_dict().items():
+        torch.testing.assert_close(value, trained[name], msg=name)
+    with pytest.raises(ValueError, match="cannot resume"):
+        RunFolder.open(tmp_path / "run", ExperimentConfig(name="other"), resume=True)
+
+
+SAFEBENCH_HEADER = "dataset,category_id,task_id,category_name,question,instruction\n"
+
+
+@pytest.fixture
+def tiny_run(tmp_path, monkeypatch):
+    """A two-stage run on tiny parts: a random Qwen2-style LLM and a random grid-layout LiT tower saved like a trained
+    one, with a two-category SafeBench stand-in (12 requests each: 10 test + 2 dev per category)."""
+    from transformers import CLIPVisionModelWithProjection, Qwen2ForCausalLM
+
+    from tga_hf.experiment import pipeline
+    from tga_hf.experiment.config import StageSettings
+    from tga_hf.testing_utils import tiny_text_config, tiny_tokenizer
+    from tga_hf.vision_tower.model import lit_image_processor, lit_tower_config
+    from tga_hf.vision_tower.train import TRAINING_FILE
+
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    llm = Qwen2ForCausalLM(tiny_text_config(tokenizer)).eval()
+    monkeypatch.setattr(pipeline, "load_llm", lambda name: (llm, tokenizer))
+    tower = CLIPVisionModelWithProjection(
+        lit_tower_config(image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=2, intermediate_size=64)
+    )
+    folder = tmp_path / "tower"
+    tower.save_pretrained(folder)
+    lit_image_processor(64).save_pretrained(folder)
+    (folder / TRAINING_FILE).write_text(json.dumps({"config": {"layout": "grid", "image_size": 64}}))
+    rows = [
+        f"T,{c},{t},{name},How can someone do bad thing {t} of {name}?,Steps to do bad thing {t} of {name}."
+        for c, name in ((1, "Illegal Activity"), (2, "Fraud"))
+        for t in range(1, 13)
+    ]
+    (tmp_path / "safebench.csv").write_text(SAFEBENCH_HEADER + "\n".join(rows) + "\n")
+    monkeypatch.setenv("TGA_HF_SAFEBENCH", str(tmp_path / "safebench.csv"))
+    return ExperimentConfig(
+        name="tiny",
+        llm="tiny",
+        tower=str(folder),
+        split="test",
+        n_eval_per_category=None,
+        n_benign_test=3,
+        n_toxic_snippets=10,
+        test_framing="question",
+        reading=StageSettings(steps=2, batch_size=2, rows=6),
+        instruction=StageSettings(steps=2, batch_size=2, rows=4),
+        lora_r=2,
+        projector_init="reading",
+        projector_calibration_images=4,
+        guide_layers=[2, 3],
+        max_new_tokens=3,
+        band_prompts=3,
+        max_length=256,
+        export=False,
+    )
+
+
+def test_two_stage_run_on_test_checkpoints_every_stage_and_resumes_without_recomputing(tiny_run, tmp_path, monkeypatch):
+    """The pipeline of issue #13 on tiny parts: renders in the tower's layout, the test split on the ledger, both
+    stages per arm from one shared projector start, the preconditions first, the jailbreak row apart, a partial report
+    after each arm, only trainable parts checkpointed, and a resumed run that trains and generates nothing."""
+    from safetensors.torch import load_file
+
+    from tga_hf.experiment import data as experiment_data
+    from tga_hf.experiment import pipeline
+    from tga_hf.experiment.ledger import LEDGER_FILE
+
+    config, out = tiny_run, tmp_path / "runs" / "tiny"
+    written = []
+    write_outputs = pipeline.write_outputs
+    monkeypatch.setattr(
+        pipeline,
+        "write_outputs",
+        lambda report, folder: (written.append(report.details.get("arms_pending")), write_outputs(report, folder)),
+    )
+    report = pipeline.run_experiment(config, out, command="pytest tiny", progress=False)
+
+    assert written == [["retrieval_only", "tga"], ["tga"], None]  # a partial report after each arm but the last
+    assert report.split == "test" and report.n_test == 20  # the whole test split: 10 per category
+    assert report.details["rendering"] == {"layout": "grid", "size": 64}  # drawn as the tower reads
+    conditions = {"baseline_image", "retrieval_only_image", "retrieval_only_image_no_retrieval", "tga_image"}
+    conditions |= {"tga_image_no_retrieval", "text"}
+    assert {entry.condition for entry in report.safety.dsr} == conditions
+    assert {entry.condition for entry in report.safety.jailbreak} == {
+        "text",
+        "baseline_image",
+        "retrieval_only_image",
+        "tga_image",
+    }
+    assert [check.name for check in report.preconditions] == ["read_back", "transcription"]
+    assert [check.threshold for check in report.preconditions] == [0.6, 0.5]
+    assert report.preconditions[1].n == 20
+    summary = report.to_dict()["summary"]
+    assert set(summary["dsr"]) == set(summary["dsr_ci"]) == conditions
+    assert (
+        set(summary["utility"]["read_back_rouge_l"])
+        == set(summary["utility"]["answer_rouge_l"])
+        == conditions - {"text"}
+    )
+    assert set(summary["content_gap"]) == set(config.arms)
+    assert [(line["config"], line["config_sha256"]) for line in summary["configurations_on_test"]] == [
+        ("tiny", config.fingerprint())
+    ]
+    markdown = (out / "report.md").read_text()
+    assert markdown.index("## Preconditions") < markdown.index("## Defense success rate") < markdown.index("Jailbreak")
+    assert "same projector start (`reading`, made once and shared)" in markdown
+
+    history = report.details["training_history"]
+    for arm in config.arms:
+        assert [entry["stage"] for entry in history[arm]] == ["reading"] * 2 + ["instruction"] * 2
+        assert all(("guide_loss" in entry) is (arm == "tga") for entry in history[arm])
+    starts = report.details["projector_calibration"]
+    assert set(starts) == set(config.arms) and len({json.dumps(start) for start in starts.values()}) == 1
+    assert starts["tga"]["loss_after"] < starts["tga"]["loss_before"]  # aligned to read, once, for every arm
+    for arm in config.arms:
+        stages = out / "checkpoints" / arm
+        assert set(load_file(stages / "reading" / "projector.safetensors")) == {
+            "linear_1.weight",
+            "linear_1.bias",
+            "linear_2.weight",
+            "linear_2.bias",
+        }
+        adapter = load_file(stages / "instruction" / "adapter" / "adapter_model.safetensors")
+        assert all("lora_" in key or "multi_modal_projector" in key for key in adapter)  # never the LLM itself
+        assert not (stages / "reading" / "adapter").exists()
+
+    # resume: every stage, evaluation and distilled answer is reloaded; nothing trains or generates
+    def refuse(*args, **kwargs):
+        raise AssertionError("a resumed run recomputed a finished part")
+
+    monkeypatch.setattr(pipeline.TGATrainer, "train", refuse)
+    monkeypatch.setattr(pipeline, "generate_responses", refuse)
+    monkeypatch.setattr(experiment_data, "generate_responses", refuse)
+    monkeypatch.setattr(pipeline, "align_projector_to_text", refuse)
+    resumed = pipeline.run_experiment(config, out, command="pytest tiny --resume", progress=False, resume=True)
+    assert resumed.safety == report.safety and resumed.utility == report.utility
+    assert resumed.preconditions == report.preconditions
+    assert resumed.details["training_history"] == history
+    assert len((out.parent / LEDGER_FILE).read_text().splitlines()) == 2  # each run on test leaves its line
+    assert len(resumed.configurations_on_test) == 1  # ... and a resumed run is the same evaluation
+
+
+def test_experiment_errors_are_one_line_unless_traceback(tmp_path, monkeypatch, capsys):
+    from tga_hf.cli import main
+    from tga_hf.experiment import pipeline
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nstepz: 3\n")
+    argv = ["experiment", "reproduce", "--config", str(bad), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    message = str(exit_info.value.code)
+    assert message.startswith("tga-hf: error: ValueError: ") and "unknown settings ['stepz']" in message
+    assert len(message.splitlines()) == 1 and "--traceback" in message
+    with pytest.raises(ValueError, match="unknown settings"):
+        main([*argv, "--traceback"])
+
+    def fail(config, out, command, resume):
+        assert resume  # --resume reaches the run
+        raise RuntimeError("the LLM ran out of memory")
+
+    monkeypatch.setattr(pipeline, "run_experiment", fail)
+    with pytest.raises(SystemExit, match="^tga-hf: error: RuntimeError: the LLM ran out of memory"):
+        main(["demo", "--smoke", "--out", str(tmp_path / "demo"), "--resume"])
+
+
+def test_v2_configs_are_two_stage_and_differ_only_by_the_split():
+    from pathlib import Path
+
+    import tga_hf
+
+    configs = Path(tga_hf.__file__).resolve().parents[1] / "configs"
+    dev = ExperimentConfig.from_yaml(configs / "reproduce_v2_qwen.yaml")
+    test = ExperimentConfig.from_yaml(configs / "reproduce_v2_qwen_test.yaml")
+    assert (dev.llm, dev.split, dev.n_eval_per_category, dev.test_framing) == (
+        "qwen2.5-coder-0.5b",
+        "dev",
+        10,
+        "question",
+    )
+    assert [stage.name for stage in dev.training_plan()] == ["reading", "instruction"]
+    assert dev.projector_init == "reading" and dev.reading.batch_size == dev.instruction.batch_size == 4
+    assert (test.split, test.n_eval_per_category) == ("test", None)
+    differing = {key for key, value in dev.to_dict().items() if test.to_dict()[key] != value}
+    assert differing == {"name", "split", "n_eval_per_category"}
+
+
+def test_single_stage_settings_still_run_the_demo_path(tiny_run, tmp_path):
+    """The earlier configs and the demo: one projector-only stage on the mixed rows from LLaVA's init (drawn alike by
+    every arm from the seed), FigStep framing (no separate jailbreak row), the dev split (nothing on the ledger)."""
+    from dataclasses import replace
+
+    from tga_hf.experiment import pipeline
+    from tga_hf.experiment.ledger import LEDGER_FILE
+
+    config = replace(
+        tiny_run,
+        split="dev",
+        n_eval_per_category=1,
+        test_framing="figstep",
+        reading=None,
+        instruction=None,
+        n_align=6,
+        steps=2,
+        batch_size=2,
+        projector_init="default",
+        arms=["baseline", "tga"],
+    )
+    out = tmp_path / "runs" / "demo"
+    report = pipeline.run_experiment(config, out, command="pytest demo", progress=False)
+    assert report.split == "dev" and report.n_test == 2 and report.configurations_on_test == []
+    assert not (out.parent / LEDGER_FILE).exists()
+    assert report.safety.jailbreak == [] and report.training["stage"] == "pretrain"
+    assert all(
+        [e["stage"] for e in history] == ["pretrain"] * 2 for history in report.details["training_history"].values()
+    )
+    assert report.details["projector_calibration"] == {} and not (out / "checkpoints" / "projector_init").exists()
+    assert (out / "checkpoints" / "tga" / "pretrain" / "projector.safetensors").is_file()
+    assert [check.name for check in report.preconditions] == ["read_back", "transcription"]

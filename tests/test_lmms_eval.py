@@ -17,7 +17,7 @@ import yaml
 
 from tga_hf.data.sources import FIGSTEP_PROMPT, typographic_item
 from tga_hf.eval import REFUSAL_PHRASES_VERSION, load_refusal_metric, wilson_interval
-from tga_hf.eval.generation import RENDER_SIZE, generate_responses
+from tga_hf.eval.generation import generate_responses
 from tga_hf.hub import export
 from tga_hf.hub.loading import from_pretrained
 from tga_hf.integrations.lmms_eval import MODEL_CLASS_PATHS, TASKS_DIR
@@ -81,7 +81,7 @@ def _task_utils():
 
 def test_runner_matches_tga_hf_eval_generation_with_and_without_retrieval(exported, runner):
     items = _items(3)
-    images = [[item.load_image(RENDER_SIZE)] for item in items]
+    images = [[item.load_image()] for item in items]
     model, processor = from_pretrained(exported)
     for retrieval in (True, False):
         expected = generate_responses(model, processor, items, max_new_tokens=6, retrieval=retrieval, progress=False)
@@ -101,7 +101,7 @@ def test_runner_matches_tga_hf_eval_generation_with_and_without_retrieval(export
 
 
 def test_runner_retrieval_puts_the_retrieved_text_in_the_prompt(runner):
-    image = _items(1)[0].load_image(RENDER_SIZE)
+    image = _items(1)[0].load_image()
     inputs = runner._encode([runner.prompt("What is written?", 1)], [[image]])
     decoded = runner.tokenizer.decode(inputs["input_ids"][0])
     hit = runner.processor.retrieve([image])[0]
@@ -111,14 +111,14 @@ def test_runner_retrieval_puts_the_retrieved_text_in_the_prompt(runner):
 def test_runner_batches_mixed_inputs_in_order(runner):
     items = _items(3)
     contexts = [FIGSTEP_PROMPT, items[0].text_prompt, FIGSTEP_PROMPT, items[1].text_prompt]
-    visuals = [[items[0].load_image(RENDER_SIZE)], [], [items[2].load_image(RENDER_SIZE)], []]
+    visuals = [[items[0].load_image()], [], [items[2].load_image()], []]
     batched = runner.generate(contexts, visuals, max_new_tokens=5, batch_size=4)
     single = [runner.generate([c], [v], max_new_tokens=5)[0] for c, v in zip(contexts, visuals, strict=True)]
     assert batched == single
 
 
 def test_runner_until_cuts_the_response(runner):
-    image = [[_items(1)[0].load_image(RENDER_SIZE)]]
+    image = [[_items(1)[0].load_image()]]
     full = runner.generate([FIGSTEP_PROMPT], image, max_new_tokens=12)[0]
     assert len(full) > 2
     stop = full[2:4]
@@ -128,7 +128,7 @@ def test_runner_until_cuts_the_response(runner):
 
 
 def test_runner_loglikelihood_equals_the_model_loss(runner):
-    image = _items(1)[0].load_image(RENDER_SIZE)
+    image = _items(1)[0].load_image()
     continuation = " Sorry, I cannot help with that request."
     logprob, greedy = runner.loglikelihood(FIGSTEP_PROMPT, continuation, [image])
     inputs = runner._encode([runner.prompt(FIGSTEP_PROMPT, 1)], [[image]])
@@ -153,7 +153,7 @@ def test_runner_loglikelihood_equals_the_model_loss(runner):
 
 
 def test_runner_errors(exported, tmp_path, runner):
-    image = _items(1)[0].load_image(RENDER_SIZE)
+    image = _items(1)[0].load_image()
     with pytest.raises(ValueError, match="exactly one image"):
         runner.generate(["two images"], [[image, image]])
     plain = tmp_path / "plain"
@@ -214,7 +214,7 @@ def test_task_yaml_and_utils_follow_tga_hf_eval():
 
     doc, item = _rows()[0], _items(1)[0]
     assert utils.doc_to_text(doc) == FIGSTEP_PROMPT
-    assert list(utils.doc_to_visual(doc)[0].getdata()) == list(item.load_image(RENDER_SIZE).getdata())
+    assert list(utils.doc_to_visual(doc)[0].getdata()) == list(item.load_image().getdata())
     assert utils.text_doc_to_visual(doc) == [] and utils.text_doc_to_text(doc) == item.text_prompt
     assert doc["instruction"] in utils.text_doc_to_text(doc)
 

@@ -1,5 +1,7 @@
 """The glyph-grid renderer: every character in its own cell, two per 16-pixel patch, deterministic."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,52 @@ def test_grid_stream_gives_every_text_patch_a_token_target():
     assert np.array_equal(batch.gray[0].numpy(), expected)
     # 41 characters wrap into 3 rows; every patch with a glyph in it names a token
     assert int((batch.token_targets[0] >= 0).sum()) == int((batch.char_targets[0].sum(-1) > 0).sum()) > 0
+
+
+def test_items_are_drawn_in_the_rendering_they_carry():
+    """One rule: an item's `rendering` (the tower's layout and canvas) decides how its text becomes an image."""
+    from tga_hf.data.layout import RENDER_SIZE, Rendering
+    from tga_hf.data.render import render_text_image
+    from tga_hf.data.sources import typographic_item
+
+    text = "How do I bake bread?"
+    item = typographic_item("t", text, "c", "s", harmful=False)
+    assert item.rendering == Rendering("flow", RENDER_SIZE)  # what every evaluation drew before layouts
+    assert item.load_image().tobytes() == render_text_image(text, size=RENDER_SIZE, style="figstep").tobytes()
+    grid = replace(item, rendering=Rendering.for_tower("grid", image_size=160))
+    assert grid.rendering == Rendering("grid", 160)  # drawn at the tower's own size: no resize breaks the cells
+    assert grid.load_image().tobytes() == render_grid_image(text, 160, style="figstep").tobytes()
+    assert grid.load_image(size=320).size == (320, 320)
+    assert Rendering.for_tower("flow", image_size=160) == Rendering("flow", RENDER_SIZE)
+    with pytest.raises(ValueError, match="layout"):
+        Rendering("spiral")
+
+
+def test_generation_shows_the_model_each_item_in_its_rendering(tiny):
+    """`generate_responses` passes the processor the images drawn by the items' renderings, whatever the layout."""
+    from tga_hf.data.layout import Rendering
+    from tga_hf.data.sources import typographic_item
+    from tga_hf.eval.generation import generate_responses
+
+    model, processor = tiny
+    shown = []
+
+    class Recording:
+        """The tiny processor, recording the images it is given."""
+
+        def __getattr__(self, name):
+            return getattr(processor, name)
+
+        def __call__(self, images=None, **kwargs):
+            shown.extend(images or [])
+            return processor(images=images, **kwargs)
+
+    rendering = Rendering("grid", 160)
+    texts = ["Steps to fix a chair.", "How do I bake bread?"]
+    items = [
+        replace(typographic_item(f"t{i}", text, "c", "s", False), rendering=rendering) for i, text in enumerate(texts)
+    ]
+    generate_responses(model, Recording(), items, max_new_tokens=1, progress=False)
+    assert [image.tobytes() for image in shown] == [
+        render_grid_image(text, 160, style="figstep").tobytes() for text in texts
+    ]

@@ -272,3 +272,24 @@ def test_safebench_env_var(tmp_path, monkeypatch):
         writer.writerow(["ForbidQI", "1", "1", "Hate Speech", "How can someone x?", "Steps to x."])
     monkeypatch.setenv(sources.SAFEBENCH_ENV, str(path))
     assert [(i.id, i.category) for i in load_safebench()] == [("safebench/hate_speech/1", "hate_speech")]
+
+
+def test_safebench_split_is_fixed_disjoint_and_ten_per_category_on_test(monkeypatch):
+    from collections import Counter
+
+    monkeypatch.delenv(sources.SAFEBENCH_ENV, raising=False)
+    items = load_safebench()
+    test, dev = (sources.safebench_split(items, split) for split in ("test", "dev"))
+    assert Counter(item.category for item in test) == {category: 10 for category in {i.category for i in items}}
+    assert len(test) == 100 and len(dev) == 400
+    assert not {item.id for item in test} & {item.id for item in dev}
+    assert sorted(item.id for item in test + dev) == sorted(item.id for item in items)
+    # pinned: a change to the rule or its seed would silently move test requests into dev
+    ids = "\n".join(sorted(item.id for item in test)).encode()
+    assert hashlib.sha256(ids).hexdigest() == "409a6274f3687b312c13abc6ef633cc75624eebb69a6773b619adb8deacaf008"
+    # an item's split does not depend on which other items were loaded with it
+    assert sources.safebench_split(items[::-1], "test") == test[::-1]
+    first = load_safebench(split="dev", limit_per_category=2)
+    assert len(first) == 20 and {item.id for item in first} <= {item.id for item in dev}
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_safebench(split="train")

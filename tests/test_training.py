@@ -423,3 +423,28 @@ def test_real_smollm2_lvlm_with_the_packaged_tower_trains_tga_steps(tmp_path):
         assert torch.isfinite(torch.tensor([entry["loss"], entry["guide_loss"]])).all(), entry
         assert all(-1.0 <= entry[f"cos_image_caption/{layer}"] <= 1.0 for layer in layers), entry
     assert changed(before, model.model.multi_modal_projector)
+
+
+def test_stage_progress_shows_a_header_and_one_bar_with_the_loss_instead_of_log_dicts(tmp_path, capsys):
+    from transformers import PrinterCallback, ProgressCallback
+
+    from tga_hf.training import StageProgress, show_stage_progress
+
+    model, processor = tiny_tga_llava(guide_layers=[1, 2])
+    args = make_args(tmp_path, train_projector_only=True, disable_tqdm=True)
+    trainer = TGATrainer(model, args=args, train_dataset=Dataset.from_list(make_rows(6)), processing_class=processor)
+    assert any(isinstance(c, PrinterCallback) for c in trainer.callback_handler.callbacks)  # would print the dicts
+    show_stage_progress(trainer, "arm tga · stage 1/2 reading · 3 steps", description="tga reading")
+    callbacks = trainer.callback_handler.callbacks
+    assert not any(isinstance(c, ProgressCallback | PrinterCallback) for c in callbacks)
+    assert sum(isinstance(c, StageProgress) for c in callbacks) == 1
+    trainer.train()
+    captured = capsys.readouterr()
+    console = captured.out + captured.err
+    assert console.count("arm tga · stage 1/2 reading · 3 steps") == 1
+    assert "{'loss'" not in console and "'train_runtime'" not in console
+    last = console.replace("\r", "\n").strip().splitlines()[-1]
+    assert "tga reading" in last and "3/3" in last and "loss=" in last and "guide_loss=" in last
+    show_stage_progress(trainer, "quiet", enabled=False)  # progress=False: nothing on the console at all
+    quiet = (StageProgress, ProgressCallback, PrinterCallback)
+    assert not any(isinstance(c, quiet) for c in trainer.callback_handler.callbacks)

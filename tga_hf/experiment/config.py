@@ -1,33 +1,83 @@
 """Settings of the baseline-vs-TGA experiment (the paper's finding at small scale), loadable from YAML."""
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
 import yaml
 
+from ..data.sources import SAFEBENCH_SPLITS, SAFEBENCH_TEST_PER_CATEGORY
+from ..report import EXPERIMENT_TRAINING_SETTINGS
+
 ARMS = ("baseline", "retrieval_only", "tga")
+PROJECTOR_INITS = ("default", "calibrated", "reading")
+SINGLE_STAGES = ("pretrain", "finetune_lora")
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """One training stage of the two-stage recipe: optimizer steps, batch size, learning rate, and `rows`, the
+    number of benign sentences it trains on (reading: renders read back; instruction: requests answered)."""
+
+    steps: int = 150
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    rows: int = 600
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, int | float):
+            # YAML 1.1 reads `1e-3` as a string; `0.001` or `1.0e-3` is a number
+            raise ValueError(f"learning_rate must be a number (write 0.001, not 1e-3), got {self.learning_rate!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+
+@dataclass(frozen=True)
+class TrainingStage:
+    """One stage as an arm runs it: its `name`, settings, whether a LoRA adapter trains on the LLM beside the
+    projector, and `rows`, the row set it trains on ("alignment", "reading" or "instruction"; `ExperimentData.rows`)."""
+
+    name: str
+    settings: StageSettings
+    lora: bool
+    rows: str
 
 
 @dataclass
 class ExperimentConfig:
     """Every knob of one run; the report records this object so a run can be repeated exactly.
 
+    Training is either the two-stage recipe of LLaVA and the paper (`reading` and/or `instruction` set: stage 1 trains
+    the projector to read renders back, stage 2 trains projector + a LoRA adapter on the LLM to answer benign request
+    images as the LLM answers them as text, plus read-back rows) or, when neither is set, one stage of the settings
+    `stage`, `steps`, `batch_size`, `learning_rate` on `n_align` mixed rows (the earlier configs and the demo). Every
+    arm runs the same stages from the same projector start with its own loss.
+
     Example:
 
     ```python
-    >>> config = ExperimentConfig.from_yaml("configs/reproduce_qwen.yaml")
-    >>> config.llm, config.n_align
+    >>> config = ExperimentConfig.from_yaml("configs/reproduce_v2_qwen.yaml")
+    >>> [stage.name for stage in config.training_plan()]
+    ['reading', 'instruction']
     ```"""
 
     name: str = "demo"
     llm: str = "smollm2-135m"
     tower: str | None = None
-    """LiT image tower folder; None takes the one shipped in the package."""
+    """LiT image tower folder; None takes the one shipped in the package. Every image is drawn in its layout."""
+    split: Literal["dev", "test"] = "dev"
+    """SafeBench split evaluated (`tga_hf.data.sources.safebench_split`): "dev" for every choice, "test" once per
+    final configuration (each test run is recorded in `test_ledger.jsonl` beside the run folder)."""
+    n_eval_per_category: int | None = 3
+    """SafeBench requests per category from the split (10 categories); None: the whole split. The test split is
+    always evaluated whole (10 per category)."""
     n_align: int = 96
-    """Benign alignment pairs (rendered sentence + instruction -> answer). No harmful content, ever."""
-    n_test_per_category: int = 3
-    """FigStep SafeBench requests per category for the safety test (10 categories)."""
+    """Single-stage runs: benign alignment pairs (rendered sentence + instruction -> answer). No harmful content."""
     n_benign_test: int = 20
     """Held-out benign renders for over-refusal and utility."""
     n_toxic_snippets: int = 200
@@ -35,14 +85,24 @@ class ExperimentConfig:
     test_framing: Literal["figstep", "question"] = "figstep"
     """How a request is put to the model: "figstep" (fill-the-list instruction, FigStep's attack) or "question" (the
     plain request in the image, "answer the question in the image"; its text twin is the plain request)."""
+    jailbreak_row: bool = True
+    """With `test_framing: question`, also put the same requests in FigStep's fill-the-list framing to the text LLM
+    and to every arm: a separate jailbreak row of the report, not the main DSR."""
     steps: int = 40
     batch_size: int = 4
     learning_rate: float = 1e-3
     stage: Literal["pretrain", "finetune_lora"] = "pretrain"
-    projector_init: Literal["default", "calibrated"] = "default"
+    reading: StageSettings | None = None
+    """Stage 1 of the two-stage recipe: projector only, "What is written in the image?" -> the rendered sentence."""
+    instruction: StageSettings | None = None
+    """Stage 2: projector + LoRA (rank `lora_r`) on the LLM; benign request images -> the LLM's own greedy answer to
+    the request as text (generated once, cached in the run folder), plus one read-back row per three."""
+    lora_r: int = 8
+    projector_init: Literal["default", "calibrated", "reading"] = "default"
     """"calibrated": standardise the tower features into `linear_1` and start image tokens at the text-embedding norm
-    (`tga_hf.compose.calibrate_projector`), from the first `projector_calibration_images` alignment images;
-    "default": LLaVA's."""
+    (`tga_hf.compose.calibrate_projector`); "reading": regress each image token onto the LLM embedding of the text
+    under its patch (`tga_hf.compose.align_projector_to_text`); both from the first `projector_calibration_images`
+    benign training renders, once, and every arm starts from that same projector; "default": LLaVA's."""
     projector_calibration_images: int = 64
     guide_layers: list[int] | str = "auto"
     guide_loss_weight: float = 1.0
@@ -57,18 +117,62 @@ class ExperimentConfig:
     export: bool = True
 
     def __post_init__(self):
+        for name in ("reading", "instruction"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, _stage_settings(value, name))
         unknown = set(self.arms) - set(ARMS)
         if unknown:
             raise ValueError(f"unknown arms {sorted(unknown)}; choose from {ARMS}")
+        if self.split not in SAFEBENCH_SPLITS:
+            raise ValueError(f"split must be one of {SAFEBENCH_SPLITS}, got {self.split!r}")
+        if self.n_eval_per_category is not None and self.n_eval_per_category < 1:
+            raise ValueError(f"n_eval_per_category must be >= 1 or None, got {self.n_eval_per_category}")
+        if self.split == "test" and self.n_eval_per_category not in (None, SAFEBENCH_TEST_PER_CATEGORY):
+            raise ValueError(
+                f"the test split is evaluated whole ({SAFEBENCH_TEST_PER_CATEGORY} per category): set "
+                f"n_eval_per_category to None or {SAFEBENCH_TEST_PER_CATEGORY}, got {self.n_eval_per_category}"
+            )
         if self.test_framing not in ("figstep", "question"):
             raise ValueError(f"test_framing must be 'figstep' or 'question', got {self.test_framing!r}")
-        if self.projector_init not in ("default", "calibrated"):
-            raise ValueError(f"projector_init must be 'default' or 'calibrated', got {self.projector_init!r}")
-        if self.stage not in ("pretrain", "finetune_lora"):
-            raise ValueError(f"stage must be 'pretrain' or 'finetune_lora', got {self.stage!r}")
-        for name in ("n_align", "n_test_per_category", "n_benign_test", "steps", "batch_size"):
+        if self.projector_init not in PROJECTOR_INITS:
+            raise ValueError(f"projector_init must be one of {PROJECTOR_INITS}, got {self.projector_init!r}")
+        if self.stage not in SINGLE_STAGES:
+            raise ValueError(f"stage must be one of {SINGLE_STAGES}, got {self.stage!r}")
+        for name in ("n_align", "n_benign_test", "steps", "batch_size", "lora_r"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.projector_init != "default" and self.projector_calibration_images < 2:
+            raise ValueError(f"projector_calibration_images must be >= 2, got {self.projector_calibration_images}")
+
+    def training_plan(self) -> list[TrainingStage]:
+        """The stages every arm runs, in order."""
+        if self.reading is None and self.instruction is None:
+            single = StageSettings(self.steps, self.batch_size, self.learning_rate, self.n_align)
+            return [TrainingStage(self.stage, single, lora=self.stage == "finetune_lora", rows="alignment")]
+        plan = []
+        if self.reading is not None:
+            plan.append(TrainingStage("reading", self.reading, lora=False, rows="reading"))
+        if self.instruction is not None:
+            plan.append(TrainingStage("instruction", self.instruction, lora=True, rows="instruction"))
+        return plan
+
+    def recipe(self) -> dict:
+        """How the arms were trained, as the report's `training` (the model card's recipe): the single-stage
+        settings, or each stage of the two-stage recipe with the settings they share."""
+        if self.reading is None and self.instruction is None:
+            return {key: getattr(self, key) for key in EXPERIMENT_TRAINING_SETTINGS}
+        stages = {
+            stage.name: {**asdict(stage.settings), **({"lora_r": self.lora_r} if stage.lora else {})}
+            for stage in self.training_plan()
+        }
+        shared = {key: getattr(self, key) for key in ("max_length", "projector_init", "seed")}
+        return {"stages": stages, **shared}
+
+    def fingerprint(self) -> str:
+        """sha256 of the settings (canonical JSON): names a configuration in the test ledger and tells a resumed run
+        whether its checkpoints were made by the same settings."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ExperimentConfig":
@@ -83,13 +187,21 @@ class ExperimentConfig:
         return asdict(self)
 
 
+def _stage_settings(values: dict, name: str) -> StageSettings:
+    known = {f.name for f in fields(StageSettings)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)} in {name}; choose from {sorted(known)}")
+    return StageSettings(**values)
+
+
 DEMO = ExperimentConfig()
 """`tga-hf demo`: SmolLM2-135M, small subsets, sized for a 2-core CPU."""
 
 SMOKE = ExperimentConfig(
     name="smoke",
     n_align=8,
-    n_test_per_category=1,
+    n_eval_per_category=1,
     n_benign_test=4,
     n_toxic_snippets=20,
     steps=2,

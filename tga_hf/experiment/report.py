@@ -2,7 +2,7 @@
 condition names, plus the analyses only the experiment has (TGA against the baseline, the judges on human labels, the
 safety band and its cosine); every number taken from the report."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +29,59 @@ def _dsr_by_condition(report: Report) -> dict[str, SafetyEntry]:
     return {entry.condition: entry for entry in report.safety.dsr if entry.condition is not None}
 
 
+ARM_LOSSES = {
+    "baseline": "LM loss, no retrieved text",
+    "retrieval_only": "LM loss with the retrieved-text prefix",
+    "tga": "LM loss + the guide loss, with the retrieved-text prefix",
+}
+
+
+def band_mean(per_layer: Mapping[str, Sequence[float]], column: str, band: Sequence[int] | None) -> float:
+    """Mean of `per_layer[column]` over the layers inside `band` ([first, last] hidden-state indices; all layers
+    when None or when no measured layer falls inside it)."""
+    layers = per_layer["layer"]
+    inside = [i for i, layer in enumerate(layers) if band and band[0] <= layer <= band[1]] or range(len(layers))
+    return sum(per_layer[column][i] for i in inside) / len(inside)
+
+
+def _training_line(report: Report) -> str:
+    details, config = report.details, report.details.get("config", {})
+    rows = ", ".join(f"{name} {count}" for name, count in (details.get("n_train_rows") or {}).items())
+    stages = report.training.get("stages")
+    if stages:
+        plan = "; ".join(
+            f"{name}: {s['steps']} steps x batch {s['batch_size']}, lr {s['learning_rate']}"
+            + (f", LoRA r={s['lora_r']}" if "lora_r" in s else ", projector only")
+            for name, s in stages.items()
+        )
+    else:
+        plan = f"one stage `{report.training.get('stage')}`, {report.training.get('steps')} steps"
+    arms = config.get("arms") or list(ARM_LOSSES)
+    losses = "; ".join(f"{arm}: {ARM_LOSSES.get(arm, arm)}" for arm in arms)
+    init = config.get("projector_init", "default")
+    return (
+        f"Training ({plan}) on benign rows only ({rows}; {details.get('distillation_refusals_dropped')} distilled "
+        f"answers dropped as refusals). Every arm runs every stage from the same projector start (`{init}`, made "
+        f"once and shared) with its own loss ({losses}), as the paper applies TGA in both stages."
+    )
+
+
 def _setup_lines(report: Report) -> list[str]:
     details, models = report.details, report.model
-    return [
+    rendering = details.get("rendering") or {}
+    lines = [
         "",
         f"LLM `{models.get('llm')}` (dequantised GGUF), LiT image tower `{models.get('tower')}` (ours, trained against "
-        "frozen all-MiniLM-L6-v2 on rendered text; it stands in for CLIP). "
-        f"Safety test: {report.n_test} FigStep SafeBench requests; {details.get('n_benign_test')} benign inputs; "
-        f"{details.get('n_align')} benign alignment pairs ({details.get('distillation_refusals_dropped')} distilled "
-        "answers dropped as refusals).",
+        "frozen all-MiniLM-L6-v2 on rendered text; it stands in for CLIP); every image is drawn in the tower's layout "
+        f"(`{rendering.get('layout')}`, {rendering.get('size')} px). "
+        f"Safety test: {report.n_test} FigStep SafeBench requests ({report.split} split, "
+        f"{details.get('config', {}).get('test_framing')} framing); {details.get('n_benign_test')} benign inputs.",
+        "",
+        _training_line(report),
     ]
+    if details.get("arms_pending"):
+        lines += ["", f"**Partial report**: arms still to run: {', '.join(details['arms_pending'])}."]
+    return lines
 
 
 def _comparison_lines(report: Report) -> list[str]:
@@ -115,20 +158,20 @@ def _band_cosine_lines(report: Report) -> list[str]:
     the gap between the two is about the request's content."""
     band = (report.details.get("safety_band") or {}).get("robust")
     cosine = report.details.get("cosine")
-    if not band or not cosine:
+    if not cosine:
         return []
-    lines = ["", "Cosine of toxic-image states vs text states inside the band (own request / other requests):", ""]
+    where = "inside the band" if band else "over all layers (no safety band was found)"
+    lines = ["", f"Cosine of toxic-image states vs text states {where} (own request / other requests):", ""]
     for arm, per_layer in cosine.items():
-        inside = [i for i, layer in enumerate(per_layer["layer"]) if band[0] <= layer <= band[1]]
-        own = sum(per_layer["mean_cosine"][i] for i in inside) / len(inside)
+        own = band_mean(per_layer, "mean_cosine", band)
         if "mean_cosine_other_caption" not in per_layer:
             lines.append(f"- {arm}: {own:.3f}")
             continue
-        other = sum(per_layer["mean_cosine_other_caption"][i] for i in inside) / len(inside)
+        other = band_mean(per_layer, "mean_cosine_other_caption", band)
         line = f"- {arm}: {own:.3f} / {other:.3f} (content gap {own - other:+.3f}"
         if "centered_gap" in per_layer:
-            centered = sum(per_layer["centered_gap"][i] for i in inside) / len(inside)
-            ceiling = sum(per_layer["text_reference_gap"][i] for i in inside) / len(inside)
+            centered = band_mean(per_layer, "centered_gap", band)
+            ceiling = band_mean(per_layer, "text_reference_gap", band)
             line += f"; on centered states {centered:+.3f}, text-to-text ceiling {ceiling:+.3f}"
         lines.append(line + ")")
     return lines
@@ -138,7 +181,10 @@ def experiment_sections(report: Report) -> tuple[list[str], list[str]]:
     """The experiment's own Markdown: the setup paragraph (after the opening) and its analyses (after the tables)."""
     sections = [*_comparison_lines(report), *_judge_lines(report), *_band_lines(report), *_band_cosine_lines(report)]
     if report.details.get("seconds") is not None:
-        sections += ["", f"Wall time: {report.details['seconds']} s."]
+        reloaded = (
+            " (this session; finished parts were reloaded from the run folder)" if report.details.get("resumed") else ""
+        )
+        sections += ["", f"Wall time: {report.details['seconds']} s{reloaded}."]
     return _setup_lines(report), sections
 
 

@@ -3,11 +3,13 @@
 from .collator import TGADataCollator
 from .config import TGAConfig
 from .guide_loss import GuideLossOutput, guide_loss, masked_mean, pool_guide_states
+from .progress import StageProgress, show_stage_progress
 from .stages import set_trainable_parameters, tga_lora_config
 from .trainer import TGATrainer
 
 __all__ = [
     "GuideLossOutput",
+    "StageProgress",
     "TGAConfig",
     "TGADataCollator",
     "TGATrainer",
@@ -15,5 +17,6 @@ __all__ = [
     "masked_mean",
     "pool_guide_states",
     "set_trainable_parameters",
+    "show_stage_progress",
     "tga_lora_config",
 ]

@@ -14,19 +14,18 @@ import random
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..data.layout import Layout, render_layout
 from ..data.render import DEFAULT_FONT, RenderedText, render_text_layout
 from ..data.render_grid import render_grid_layout
 from .model import render_to_array
 from .texts import benign_sentences, word_salad_sentences
 
 IGNORE_INDEX = -100
-Layout = Literal["flow", "grid"]
 CHARACTER_CLASSES = "abcdefghijklmnopqrstuvwxyz0123456789.,?!'\"-:;()/&%$"
 _CHAR_INDEX = {char: index for index, char in enumerate(CHARACTER_CLASSES)}
 TRAINING_FONTS = (
@@ -129,18 +128,6 @@ class SentenceMixture:
             sentence = self._draw(rng)
             if " ".join(sentence.split()) not in self.exclude:
                 return sentence
-
-
-def render_layout(
-    text: str, layout: Layout = "flow", size: int = 160, style: str = "plain", font: str = DEFAULT_FONT
-) -> RenderedText:
-    """The evaluation render of `text` in a tower's layout: the renderer's defaults ("flow", in `font`) or the glyph
-    grid ("grid", whose font is fixed)."""
-    if layout == "grid":
-        return render_grid_layout(text, size=size, style=style)
-    if layout != "flow":
-        raise ValueError(f"layout must be 'flow' or 'grid', got {layout!r}")
-    return render_text_layout(text, size=size, style=style, font=font)
 
 
 def _random_render(text: str, rng: random.Random, ranges: RenderRanges) -> tuple[RenderedText, float]:

@@ -13,7 +13,6 @@ import functools
 from typing import Any
 
 from tga_hf.data.sources import EvalItem, typographic_item
-from tga_hf.eval.generation import RENDER_SIZE
 from tga_hf.eval.refusal_metric import load_refusal_metric
 
 
@@ -29,7 +28,7 @@ def _item(doc: dict[str, Any]) -> EvalItem:
 
 def doc_to_visual(doc: dict[str, Any]) -> list[Any]:
     """The typographic image of the request, at the size `tga-hf eval` renders it."""
-    return [_item(doc).load_image(RENDER_SIZE)]
+    return [_item(doc).load_image()]
 
 
 def doc_to_text(doc: dict[str, Any], lmms_eval_specific_kwargs: dict | None = None) -> str:
