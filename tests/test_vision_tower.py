@@ -26,7 +26,7 @@ from tga_hf.vision_tower import (
     vocabulary_words,
     word_salad_sentences,
 )
-from tga_hf.vision_tower.model import render_to_array
+from tga_hf.vision_tower.model import packaged_tower_path, render_to_array
 from tga_hf.vision_tower.stream import CHARACTER_CLASSES, IGNORE_INDEX
 from tga_hf.vision_tower.train import (
     CHECKPOINT_FILE,
@@ -38,6 +38,7 @@ from tga_hf.vision_tower.train import (
     evaluate_tower,
     heldout_sentences,
     load_reading_heads,
+    tower_layout,
     warmup_cosine,
     word_reading_accuracy,
 )
@@ -317,7 +318,7 @@ UNSEEN_SENTENCES = [
 
 # Measured with the packaged tower: 5 of 16 at recall@1 in both styles (tga_hf/assets/lit_tower/README.md); the floor
 # is 3 of 16, three times chance.
-UNSEEN_RECALL_AT_1_FLOOR = 3 / 16
+UNSEEN_RECALL_AT_1_FLOOR = 6 / 16  # the packaged grid tower measured 9 / 16 (recall@5: 16 / 16)
 
 
 @pytest.mark.slow
@@ -325,7 +326,10 @@ def test_packaged_tower_reads_sentences_it_never_saw():
     from tga_hf.weights import load_text_encoder
 
     tower, processor = load_lit_tower()
-    recall = evaluate_tower(tower, processor, load_text_encoder(), UNSEEN_SENTENCES, styles=("plain", "figstep"))
+    layout = tower_layout(packaged_tower_path())
+    assert layout == "grid"
+    styles = ("plain", "figstep")
+    recall = evaluate_tower(tower, processor, load_text_encoder(), UNSEEN_SENTENCES, styles=styles, layout=layout)
     # 16-way: chance recall@1 is 0.0625. The threshold sits well below the measured figure (README, tower section).
     for style in ("plain", "figstep"):
         assert recall[style]["recall@1"] >= UNSEEN_RECALL_AT_1_FLOOR, (style, recall)
