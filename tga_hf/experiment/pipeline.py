@@ -259,7 +259,9 @@ def load_base(config: ExperimentConfig) -> BaseModels:
     """The LLM named by `config.llm` (on the GPU when there is one) and the LiT tower (`config.tower`, else the
     packaged one), with the rendering of the layout the tower was trained on."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    llm, tokenizer = load_llm(config.llm)
+    # bfloat16 on a GPU; float32 on a CPU, where bfloat16 matmuls are slower, not faster (a Qwen2.5-0.5B training step
+    # at batch 4 took about 3x as long in bfloat16 on this project's 2-core CPU)
+    llm, tokenizer = load_llm(config.llm, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
     tower_path = Path(config.tower) if config.tower else packaged_tower_path()
     tower, image_processor = load_lit_tower(tower_path)
     rendering = Rendering.for_tower(tower_layout(tower_path), tower.config.image_size)
