@@ -336,3 +336,67 @@ def test_experiment_fields_round_trip_into_the_summary_and_lead_the_markdown():
     assert markdown.index("## Defense success rate") < markdown.index("## Jailbreak: FigStep")
     assert "**test** split" in markdown and "`results/v2`" in markdown
     assert "summary" not in Report(name="eval").to_dict()  # `tga-hf eval` reports carry no split: no summary
+
+
+def test_cli_eval_draws_safebench_in_the_layout_the_models_tower_reads(tmp_path, monkeypatch):
+    """A model composed from a grid-layout tower folder records `text_render_layout: grid` (saved with its config),
+    and `tga-hf eval` draws its SafeBench images in the grid at the tower's size; a model without it gets the flow."""
+    from transformers import AutoModelForCausalLM, CLIPVisionModelWithProjection
+
+    from tga_hf import TGALlavaConfig
+    from tga_hf.cli import build_parser
+    from tga_hf.compose import compose
+    from tga_hf.data.layout import LAYOUTS, Rendering
+    from tga_hf.data.render_grid import render_grid_image
+    from tga_hf.eval import commands
+    from tga_hf.modeling.configuration_tga_llava import TEXT_RENDER_LAYOUTS
+    from tga_hf.testing_utils import tiny_text_config, tiny_tokenizer
+    from tga_hf.vision_tower.model import lit_image_processor, lit_tower_config, load_lit_tower
+    from tga_hf.vision_tower.train import TRAINING_FILE
+
+    assert TEXT_RENDER_LAYOUTS == LAYOUTS
+    with pytest.raises(ValueError, match="text_render_layout must be one of"):
+        TGALlavaConfig(text_render_layout="spiral")
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    llm = AutoModelForCausalLM.from_config(tiny_text_config(tokenizer))
+    tower = CLIPVisionModelWithProjection(
+        lit_tower_config(image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=2, intermediate_size=64)
+    )
+    folder = tmp_path / "tower"
+    tower.save_pretrained(folder)
+    lit_image_processor(64).save_pretrained(folder)
+    (folder / TRAINING_FILE).write_text(json.dumps({"config": {"layout": "grid", "image_size": 64}}))
+    vision, image_processor = load_lit_tower(folder)
+    model, processor = compose(vision, llm, tokenizer, image_processor, guide_layers=[1])
+    assert model.config.text_render_layout == "grid"
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    assert TGALlavaConfig.from_pretrained(tmp_path / "model").text_render_layout == "grid"
+    rows = [
+        f"T,{c},1,{name},How can someone do bad thing of {name}?,Steps to do bad thing of {name}."
+        for c, name in ((1, "Illegal Activity"), (2, "Fraud"))
+    ]
+    (tmp_path / "safebench.csv").write_text(
+        "dataset,category_id,task_id,category_name,question,instruction\n" + "\n".join(rows) + "\n"
+    )
+    drawn = []
+
+    class Drawn(Exception):
+        pass
+
+    def capture(model, processor, items, *args, **kwargs):
+        drawn.extend(items)
+        raise Drawn
+
+    monkeypatch.setattr(commands, "generate_responses", capture)
+    argv = ["eval", "--model", str(tmp_path / "model"), "--suite", "safety", "--datasets", "safebench"]
+    argv += ["--safebench", str(tmp_path / "safebench.csv"), "--modalities", "image", "--out", str(tmp_path / "out")]
+    with pytest.raises(Drawn):
+        commands.run_eval(build_parser().parse_args(argv))
+    assert len(drawn) == 2 and all(item.rendering == Rendering("grid", 64) for item in drawn)
+    image = drawn[0].load_image()
+    assert image.tobytes() == render_grid_image(drawn[0].image_text, 64, "figstep").tobytes()
+
+    flow, _ = tiny_tga_llava(seed=0)  # no layout recorded: FigStep's flowing text, 336 px
+    assert flow.config.text_render_layout is None and commands.model_rendering(flow) == Rendering()

@@ -494,7 +494,8 @@ def test_v2_configs_are_two_stage_and_differ_only_by_the_split():
     assert dev.projector_init == "reading" and dev.reading.batch_size == dev.instruction.batch_size == 4
     assert (test.split, test.n_eval_per_category) == ("test", None)
     differing = {key for key, value in dev.to_dict().items() if test.to_dict()[key] != value}
-    assert differing == {"name", "split", "n_eval_per_category"}
+    assert differing == {"name", "split", "n_eval_per_category", "release"}
+    assert test.release and not dev.release  # the final test-split run is the one released
 
 
 def test_single_stage_settings_still_run_the_demo_path(tiny_run, tmp_path):
@@ -529,3 +530,73 @@ def test_single_stage_settings_still_run_the_demo_path(tiny_run, tmp_path):
     assert report.details["projector_calibration"] == {} and not (out / "checkpoints" / "projector_init").exists()
     assert (out / "checkpoints" / "tga" / "pretrain" / "projector.safetensors").is_file()
     assert [check.name for check in report.preconditions] == ["read_back", "transcription"]
+
+
+def test_release_writes_each_arm_as_trained_and_as_restored_with_the_reports_numbers(tiny_run, tmp_path, monkeypatch):
+    """`release: true`: each arm's trained parts (projector, LoRA adapter, the index for the retrieval arms) are saved
+    before the adapter is merged, as release folders that `tga_hf.from_pretrained` rebuilds into the arm's evaluated
+    model (same logits), the cards carrying the final report's numbers; a resumed run (release is not part of the
+    fingerprint) writes them again from the checkpoints without training."""
+    import shutil
+    from dataclasses import replace
+
+    from huggingface_hub import ModelCard
+
+    import tga_hf
+    from tga_hf import weights
+    from tga_hf.data.layout import Rendering
+    from tga_hf.experiment import pipeline
+    from tga_hf.hub import read_release
+
+    from .conftest import chat_prompt
+
+    llm, tokenizer = pipeline.load_llm("tiny")  # the fixture's tiny LLM, saved as the release's offline base
+    llm.save_pretrained(tmp_path / "llm")
+    tokenizer.save_pretrained(tmp_path / "llm")
+    spec = weights.LLMSpec(name="Tiny-LM", gguf_name="tiny.gguf", size=1, sha256="0" * 64, hub_id="tiny/lm")
+    monkeypatch.setitem(weights.LLMS, "tiny", spec)
+    monkeypatch.setattr(weights, "converted_checkpoint", lambda name, dtype=torch.bfloat16, **_: tmp_path / "llm")
+    monkeypatch.setattr(pipeline, "load_llm", weights.load_llm)  # from its folder, as a release rebuilds it
+    config, out = replace(tiny_run, release=True), tmp_path / "runs" / "release"
+    assert config.fingerprint() == tiny_run.fingerprint()  # what a run writes, not what it computes
+    evaluated = {}
+    evaluate_arm = pipeline.evaluate_arm
+
+    def keep(arm, *args, **kwargs):
+        evaluated[arm.name] = (arm.model, arm.processor)
+        return evaluate_arm(arm, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "evaluate_arm", keep)
+    report = pipeline.run_experiment(config, out, command="pytest release", progress=False)
+    image = Rendering("grid", 64).render("Steps to bake bread.").image
+
+    def check_releases(report):
+        dsr = report.to_dict()["summary"]["dsr"]
+        assert report.details["release"] == {arm: str(out / "release" / arm) for arm in config.arms}
+        for arm in config.arms:
+            folder = out / "release" / arm
+            record = read_release(folder)
+            assert record["arm"] == arm and record["trained"]["adapter"] is not None
+            assert (record["retrieval"] is None) is (arm == "baseline")
+            card = ModelCard.load(folder / "README.md")
+            assert {r.metric_type: r.metric_value for r in card.data.eval_results}["dsr_image"] == dsr[f"{arm}_image"]
+            model, processor = evaluated[arm]
+            loaded, loaded_processor = tga_hf.from_pretrained(folder)
+            assert (getattr(loaded_processor, "retriever", None) is None) is (arm == "baseline")
+            batch = processor(images=image, text=chat_prompt(processor), return_tensors="pt")
+            with torch.no_grad():
+                torch.testing.assert_close(loaded.eval()(**batch).logits, model(**batch).logits, msg=arm)
+
+    check_releases(report)
+
+    # resumed: nothing trains, and each release is written again from its arm's last stage checkpoint
+    def refuse(*args, **kwargs):
+        raise AssertionError("a resumed run retrained a finished stage")
+
+    monkeypatch.setattr(pipeline.TGATrainer, "train", refuse)
+    shutil.rmtree(out / "release")
+    resumed = pipeline.run_experiment(config, out, command="pytest release --resume", progress=False, resume=True)
+    assert resumed.safety == report.safety
+    check_releases(resumed)
+    with pytest.raises(ValueError, match="release: true needs an offline LLM"):
+        pipeline.run_experiment(replace(config, llm="unknown"), tmp_path / "other", command="x", progress=False)

@@ -10,6 +10,7 @@ of text tokens: the architecture and state-dict keys stay stock LLaVA, only the 
 """
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +40,14 @@ def _load_vision_tower(tower: torch.nn.Module, vision_model: PreTrainedModel) ->
     raise ValueError(f"{type(vision_model).__name__} does not provide these vision-tower weights: {missing[:5]}")
 
 
+def _trained_layout(vision_model: PreTrainedModel) -> str | None:
+    """The render layout a tower loaded from a folder was trained on (its `training.json`), else None."""
+    from .vision_tower.train import TRAINING_FILE, tower_layout
+
+    folder = Path(getattr(vision_model, "name_or_path", "") or "")
+    return tower_layout(folder) if str(folder) and (folder / TRAINING_FILE).is_file() else None
+
+
 def compose(
     vision_model: PreTrainedModel,
     language_model: PreTrainedModel,
@@ -54,7 +63,8 @@ def compose(
     pretrained causal LM (LLaMA, Mistral, Qwen2 ...) into a TGA-LLaVA with a fresh projector.
 
     Adds the `<image>` token to the tokenizer, resizes the embeddings, sets `image_token_id` and keeps the LM's chat
-    template. `tga_settings` are `TGALlavaConfig` fields (`guide_layers`, `guide_loss_weight`, ...).
+    template. `tga_settings` are `TGALlavaConfig` fields (`guide_layers`, `guide_loss_weight`, ...);
+    `text_render_layout` defaults to the layout in the `training.json` of the folder the tower was loaded from.
 
     Example:
 
@@ -80,6 +90,8 @@ def compose(
     image_seq_length = num_patches + num_additional_image_tokens - int(vision_feature_select_strategy == "default")
 
     text_config = language_model.config
+    if "text_render_layout" not in tga_settings:
+        tga_settings["text_render_layout"] = _trained_layout(vision_model)
     config = TGALlavaConfig(
         vision_config=vision_config.to_dict(),
         text_config=text_config.to_dict(),

@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from ..cli import add_model_options, add_safebench_option, load_model_from
 from ..data import sources
+from ..data.layout import RENDER_SIZE, Rendering
 from ..data.sources import EvalItem
 from ..modeling import RETRIEVAL_DIR
 from ..report import Report
@@ -29,8 +31,18 @@ from .report import build_report, judged_safety_section, utility_entries, write_
 SAFETY_DATASETS = ("safebench", "benign", "advbench", "harmbench")
 
 
-def safety_items(args: argparse.Namespace) -> list[EvalItem]:
-    """The harmful and benign items named by --datasets (and --vlguard), expanded to --modalities."""
+def model_rendering(model) -> Rendering:
+    """How typographic images are drawn for `model`: in the layout its tower reads (`config.text_render_layout`,
+    "flow" when unset or not a TGA-LLaVA), at the tower's image size for the grid."""
+    config = getattr(model, "config", None)
+    layout = getattr(config, "text_render_layout", None) or "flow"
+    vision_config = getattr(config, "vision_config", None)
+    return Rendering.for_tower(layout, getattr(vision_config, "image_size", RENDER_SIZE))
+
+
+def safety_items(args: argparse.Namespace, rendering: Rendering | None = None) -> list[EvalItem]:
+    """The harmful and benign items named by --datasets (and --vlguard), expanded to --modalities; text drawn as
+    an image by `rendering` (default: `Rendering()`)."""
     names = [name for name in args.datasets.split(",") if name]
     unknown = set(names) - set(SAFETY_DATASETS)
     if unknown:
@@ -46,6 +58,8 @@ def safety_items(args: argparse.Namespace) -> list[EvalItem]:
         items += sources.first_per_category(loaders[name](), args.limit)
     if args.vlguard:
         items += sources.first_per_category(sources.load_vlguard(args.vlguard, args.vlguard_images), args.limit)
+    if rendering is not None:
+        items = [replace(item, rendering=rendering) for item in items]
     return sources.with_modalities(items, args.modalities.split(","))
 
 
@@ -101,7 +115,7 @@ def run_eval(args: argparse.Namespace) -> Report:
         if args.responses:
             records = read_jsonl(args.responses)
         else:
-            items = safety_items(args)
+            items = safety_items(args, model_rendering(model) if multimodal else None)
             if not multimodal:
                 items = [item for item in items if not item.has_image]
             if not items:

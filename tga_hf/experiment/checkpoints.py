@@ -13,6 +13,7 @@ configuration made:
 """
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ PROJECTOR_FILE = "projector.safetensors"
 ADAPTER_DIR = "adapter"
 INIT_DIR = "projector_init"
 CHECKPOINT_KIND = "tga-experiment-checkpoint"
+
+BeforeMerge = Callable[[torch.nn.Module], None]
+"""Called with a stage's trained model before its adapter is merged (saved or restored)."""
 
 
 def _projector(model: torch.nn.Module) -> torch.nn.Module:
@@ -93,7 +97,11 @@ class RunFolder:
         verify_manifest(folder)
         return record
 
-    def _save(self, folder: Path, record: dict[str, Any], trained: torch.nn.Module) -> torch.nn.Module:
+    def _save(
+        self, folder: Path, record: dict[str, Any], trained: torch.nn.Module, before_merge: BeforeMerge | None = None
+    ) -> torch.nn.Module:
+        if before_merge is not None:
+            before_merge(trained)
         with atomic_directory(folder, overwrite=True, kind=CHECKPOINT_KIND, checksums=True) as tmp:
             if isinstance(trained, PeftModel):
                 trained.save_pretrained(tmp / ADAPTER_DIR)  # before merging: merging consumes the adapter
@@ -117,24 +125,40 @@ class RunFolder:
     # ---- stages of an arm ----------------------------------------------------------------------------------------
 
     def save_stage(
-        self, arm: str, stage: TrainingStage, trained: torch.nn.Module, history: list[dict]
+        self,
+        arm: str,
+        stage: TrainingStage,
+        trained: torch.nn.Module,
+        history: list[dict],
+        before_merge: BeforeMerge | None = None,
     ) -> torch.nn.Module:
         """Save what `stage` of `arm` trained, with its log history: the adapter when `trained` is a peft model (a
-        LoRA stage), and the projector. Returns the model with the adapter merged in."""
-        return self._save(self.stage_dir(arm, stage.name), {"stage": stage.name, "history": history}, trained)
+        LoRA stage), and the projector. Returns the model with the adapter merged in; `before_merge` is first called
+        with `trained` as it stands (the peft model of a LoRA stage, e.g. to save a release of its trained parts)."""
+        record = {"stage": stage.name, "history": history}
+        return self._save(self.stage_dir(arm, stage.name), record, trained, before_merge)
 
     def finished_stage(self, arm: str, stage: TrainingStage) -> list[dict] | None:
         """The log history of `stage` of `arm` when this configuration finished it (and we resume), else None."""
         record = self._finished(self.stage_dir(arm, stage.name))
         return record["history"] if record else None
 
-    def restore_stage(self, arm: str, stage: TrainingStage, model: torch.nn.Module) -> torch.nn.Module:
+    def restore_stage(
+        self, arm: str, stage: TrainingStage, model: torch.nn.Module, before_merge: BeforeMerge | None = None
+    ) -> torch.nn.Module:
         """`model` after `stage` of `arm`, from its checkpoint: the adapter merged in (LoRA stage), the projector
-        replaced by the saved one."""
+        replaced by the saved one. `before_merge` is called with the restored model as `save_stage` gave it: the peft
+        model with the saved adapter (its projector copy included) of a LoRA stage, else the model with the saved
+        projector."""
         folder = self.stage_dir(arm, stage.name)
         if stage.lora:
-            model = PeftModel.from_pretrained(model, folder / ADAPTER_DIR).merge_and_unload()
+            model = PeftModel.from_pretrained(model, folder / ADAPTER_DIR)
+            if before_merge is not None:
+                before_merge(model)
+            model = model.merge_and_unload()
         load_projector_state(model, load_file(folder / PROJECTOR_FILE))
+        if before_merge is not None and not stage.lora:
+            before_merge(model)
         return model
 
     # ---- evaluations ---------------------------------------------------------------------------------------------

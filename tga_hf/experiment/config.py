@@ -14,6 +14,8 @@ from ..report import EXPERIMENT_TRAINING_SETTINGS
 ARMS = ("baseline", "retrieval_only", "tga")
 PROJECTOR_INITS = ("default", "calibrated", "reading")
 SINGLE_STAGES = ("pretrain", "finetune_lora")
+NOT_FINGERPRINTED = ("release",)
+"""Settings of what a run writes, not of what it computes: changing them keeps the fingerprint (and the checkpoints)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,12 @@ class ExperimentConfig:
     seed: int = 0
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     export: bool = True
+    release: bool = False
+    """Write each arm's trained parts (projector, LoRA adapter, the retrieval index for the retrieval arms) as a release
+    folder, `OUT/release/<arm>/` (`tga_hf.hub.save_release`), saved as its last stage finishes, before the adapter is
+    merged (or restored from that stage's checkpoint on resume), its card's numbers from the final report. Not part of
+    the fingerprint: what is written from the trained parts, not how they train, so a finished run can be resumed with
+    `release: true` to write its releases."""
 
     def __post_init__(self):
         for name in ("reading", "instruction"):
@@ -172,7 +180,8 @@ class ExperimentConfig:
     def fingerprint(self) -> str:
         """sha256 of the settings (canonical JSON): names a configuration in the test ledger and tells a resumed run
         whether its checkpoints were made by the same settings."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        settings = {key: value for key, value in self.to_dict().items() if key not in NOT_FINGERPRINTED}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ExperimentConfig":

@@ -33,7 +33,7 @@ from ..eval.calibration import judge_calibration
 from ..eval.generation import build_prompt, generate_responses, write_jsonl
 from ..eval.judges import PhraseRefusalJudge, ProbeRefusalJudge, RefusalJudge, judge_agreement, probe_training_texts
 from ..eval.metrics import defense_success_rate, over_refusal_rate, utility_scores
-from ..hub import export
+from ..hub import export, save_release, update_release_card
 from ..modeling import RETRIEVAL_DIR
 from ..report import (
     JudgeAgreement,
@@ -48,8 +48,8 @@ from ..retrieval import TextRetriever, joint_encoder
 from ..training import TGAConfig, TGATrainer, show_stage_progress, tga_lora_config
 from ..vision_tower.model import load_lit_tower, packaged_tower_path
 from ..vision_tower.train import tower_layout
-from ..weights import load_llm, load_text_encoder
-from .checkpoints import RunFolder, load_projector_state, projector_state
+from ..weights import LLMS, load_llm, load_text_encoder
+from .checkpoints import BeforeMerge, RunFolder, load_projector_state, projector_state
 from .config import ExperimentConfig, TrainingStage
 from .data import ExperimentData, Presentation, image_caption, load_experiment_data
 from .ledger import configurations_on_test, record_test_evaluation
@@ -62,6 +62,8 @@ READ_BACK_THRESHOLD = 0.6
 TRANSCRIPTION_THRESHOLD = 0.5
 # Which refusal rates a judged condition feeds, and whether its inputs are harmful.
 HARMFUL_KINDS = {"dsr": True, "jailbreak": True, "over_refusal": False}
+# `config.release`: OUT/release/<arm>/, one release folder per arm.
+RELEASE_DIR = "release"
 
 
 @dataclass
@@ -212,6 +214,8 @@ def run_experiment(
     condition), `report.md`, plots and responses under `out_dir` (a partial report after each arm); returns the
     report. With `resume`, stages and evaluations this configuration already finished in `out_dir` are reloaded."""
     out_dir = Path(out_dir)
+    if config.release and config.llm not in LLMS:  # before hours of training, not after
+        raise ValueError(f"release: true needs an offline LLM whose base a release records, one of {sorted(LLMS)}")
     run = RunFolder.open(out_dir, config, resume)
     started = time.time()
     set_seed(config.seed)
@@ -247,6 +251,11 @@ def run_experiment(
     report = assemble_report(config, command, judges, data, safety, conditions, training, seconds, out_dir)
     report.details["resumed"] = resume
     write_outputs(report, out_dir)
+    if config.release:
+        for name in config.arms:  # the cards' numbers come from the final report
+            update_release_card(release_dir(out_dir, name), report)
+        report.details["release"] = {name: str(release_dir(out_dir, name)) for name in config.arms}
+        write_report(report, out_dir)
     if config.export and tga is not None:
         report.details["export"] = export_and_reload(
             tga.model, tga.processor, retriever, report, data, out_dir / "hub-export", config
@@ -381,14 +390,17 @@ def train_arm(
     history: list[dict] = []
     for number, stage in enumerate(plan, 1):
         header = f"arm {arm} · stage {number}/{len(plan)} {stage.name} · {stage.settings.steps} steps"
+        release = None
+        if config.release and number == len(plan):  # the trained parts, before the adapter is merged
+            release = partial(release_arm, arm, processor=processor, retriever=retriever, config=config, run=run)
         stage_history = run.finished_stage(arm, stage)
         if stage_history is not None:
-            model = run.restore_stage(arm, stage, model)
+            model = run.restore_stage(arm, stage, model, before_merge=release)
             if progress:
                 tqdm.write(f"{header} · restored from {run.stage_dir(arm, stage.name)}")
         else:
             model, stage_history = train_stage(
-                arm, stage, header, model, processor, data, retriever, config, run, progress
+                arm, stage, header, model, processor, data, retriever, config, run, progress, release
             )
         history += [{"stage": stage.name, **entry} for entry in stage_history]
     return AlignedArm(arm, model.eval().to(base.device), processor, ArmTraining(history, start.record))
@@ -405,9 +417,11 @@ def train_stage(
     config: ExperimentConfig,
     run: RunFolder,
     progress: bool,
+    before_merge: BeforeMerge | None = None,
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Train `stage` of `arm` on its rows (with the retrieved text of each image for the retrieval arms) and
-    checkpoint what trained; returns the model (adapter merged) and the stage's loss log."""
+    checkpoint what trained (`before_merge` sees it first, adapter unmerged); returns the model (adapter merged) and
+    the stage's loss log."""
     rows = [dict(row) for row in data.rows[stage.rows]]
     if arm != "baseline":
         retrieved = retriever.search([row["image"] for row in rows], k=1)
@@ -441,7 +455,35 @@ def train_stage(
     show_stage_progress(trainer, header, description=f"{arm} {stage.name}", enabled=progress)
     trainer.train()
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
-    return run.save_stage(arm, stage, trainer.model, history), history
+    return run.save_stage(arm, stage, trainer.model, history, before_merge), history
+
+
+def release_dir(out_dir: Path, arm: str) -> Path:
+    return out_dir / RELEASE_DIR / arm
+
+
+def release_arm(
+    arm: str,
+    trained: torch.nn.Module,
+    *,
+    processor: Any,
+    retriever: TextRetriever,
+    config: ExperimentConfig,
+    run: RunFolder,
+) -> None:
+    """Save the release of `arm` (`config.release`) from its model after the last stage, adapter not yet merged:
+    `OUT/release/<arm>/`, the trained parts on the recorded base LLM and tower, the retrieval index for the
+    retrieval arms; its card gets the report's numbers at the end of the run (`update_release_card`)."""
+    save_release(
+        trained,
+        processor,
+        release_dir(run.root, arm),
+        llm=config.llm,
+        tower=config.tower,
+        arm=arm,
+        retriever=None if arm == "baseline" else retriever,
+        overwrite=True,
+    )
 
 
 def evaluate_arm(

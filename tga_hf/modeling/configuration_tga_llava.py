@@ -48,6 +48,10 @@ def check_layer_range(layers: Sequence[int], num_layers: int, name: str = "guide
     return sorted({int(layer) for layer in layers})
 
 
+TEXT_RENDER_LAYOUTS = ("flow", "grid")
+"""`tga_hf.data.layout.LAYOUTS`, spelled out here: the remote-code unit imports only torch and transformers."""
+
+
 @strict
 class TGALlavaConfig(LlavaConfig):
     r"""
@@ -73,6 +77,11 @@ class TGALlavaConfig(LlavaConfig):
             (`TGALlavaProcessor.clean_untrusted`).
         refusal_family (`list[str]`, *optional*):
             Refusal openings whose first tokens mark the safety mechanism in the logit lens.
+        text_render_layout (`str`, *optional*):
+            How text drawn as an image is laid out for the vision tower: `"grid"` (one character per patch cell, at
+            the tower's `image_size`) or `"flow"` (FigStep's flowing text on a 336-pixel canvas). Evaluations draw
+            their typographic images (SafeBench) in this layout; `None` means `"flow"` (towers from before layouts).
+            `tga_hf.compose` sets it from the `training.json` of a tower folder that has one.
 
     Example:
 
@@ -98,11 +107,16 @@ class TGALlavaConfig(LlavaConfig):
     retrieval_top_k: int = 1
     max_retrieved_tokens: int | None = DEFAULT_MAX_RETRIEVED_TOKENS
     refusal_family: list[str] | None = None
+    text_render_layout: str | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.refusal_family is None:
             self.refusal_family = list(DEFAULT_REFUSAL_FAMILY)
+        if self.text_render_layout not in (None, *TEXT_RENDER_LAYOUTS):
+            raise ValueError(
+                f"text_render_layout must be one of {TEXT_RENDER_LAYOUTS} or None, got {self.text_render_layout!r}"
+            )
 
     def validate_tga_settings(self):
         num_layers = self.text_config.num_hidden_layers
