@@ -330,7 +330,7 @@ def tiny_run(tmp_path, monkeypatch):
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()
     llm = Qwen2ForCausalLM(tiny_text_config(tokenizer)).eval()
-    monkeypatch.setattr(pipeline, "load_llm", lambda name: (llm, tokenizer))
+    monkeypatch.setattr(pipeline, "load_llm", lambda name, dtype=None: (llm, tokenizer))
     tower = CLIPVisionModelWithProjection(
         lit_tower_config(image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=2, intermediate_size=64)
     )
