@@ -84,3 +84,19 @@ def run_fresh_python(script: str, *args: str, cwd: Path, env: dict[str, str]) ->
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def save_tiny_grid_tower(folder: Path) -> Path:
+    """A tiny LiT tower saved as a tower folder whose `training.json` says it reads the glyph grid (64 px)."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from tga_hf.vision_tower.model import lit_image_processor, lit_tower_config
+    from tga_hf.vision_tower.train import TRAINING_FILE
+
+    tower = CLIPVisionModelWithProjection(
+        lit_tower_config(image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=2, intermediate_size=64)
+    )
+    tower.save_pretrained(folder)
+    lit_image_processor(64).save_pretrained(folder)
+    (folder / TRAINING_FILE).write_text(json.dumps({"config": {"layout": "grid", "image_size": 64}}))
+    return folder

@@ -341,7 +341,7 @@ def test_experiment_fields_round_trip_into_the_summary_and_lead_the_markdown():
 def test_cli_eval_draws_safebench_in_the_layout_the_models_tower_reads(tmp_path, monkeypatch):
     """A model composed from a grid-layout tower folder records `text_render_layout: grid` (saved with its config),
     and `tga-hf eval` draws its SafeBench images in the grid at the tower's size; a model without it gets the flow."""
-    from transformers import AutoModelForCausalLM, CLIPVisionModelWithProjection
+    from transformers import AutoModelForCausalLM
 
     from tga_hf import TGALlavaConfig
     from tga_hf.cli import build_parser
@@ -351,8 +351,9 @@ def test_cli_eval_draws_safebench_in_the_layout_the_models_tower_reads(tmp_path,
     from tga_hf.eval import commands
     from tga_hf.modeling.configuration_tga_llava import TEXT_RENDER_LAYOUTS
     from tga_hf.testing_utils import tiny_text_config, tiny_tokenizer
-    from tga_hf.vision_tower.model import lit_image_processor, lit_tower_config, load_lit_tower
-    from tga_hf.vision_tower.train import TRAINING_FILE
+    from tga_hf.vision_tower.model import load_lit_tower
+
+    from .conftest import save_tiny_grid_tower
 
     assert TEXT_RENDER_LAYOUTS == LAYOUTS
     with pytest.raises(ValueError, match="text_render_layout must be one of"):
@@ -360,13 +361,7 @@ def test_cli_eval_draws_safebench_in_the_layout_the_models_tower_reads(tmp_path,
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()
     llm = AutoModelForCausalLM.from_config(tiny_text_config(tokenizer))
-    tower = CLIPVisionModelWithProjection(
-        lit_tower_config(image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=2, intermediate_size=64)
-    )
-    folder = tmp_path / "tower"
-    tower.save_pretrained(folder)
-    lit_image_processor(64).save_pretrained(folder)
-    (folder / TRAINING_FILE).write_text(json.dumps({"config": {"layout": "grid", "image_size": 64}}))
+    folder = save_tiny_grid_tower(tmp_path / "tower")
     vision, image_processor = load_lit_tower(folder)
     model, processor = compose(vision, llm, tokenizer, image_processor, guide_layers=[1])
     assert model.config.text_render_layout == "grid"

@@ -319,25 +319,19 @@ SAFEBENCH_HEADER = "dataset,category_id,task_id,category_name,question,instructi
 def tiny_run(tmp_path, monkeypatch):
     """A two-stage run on tiny parts: a random Qwen2-style LLM and a random grid-layout LiT tower saved like a trained
     one, with a two-category SafeBench stand-in (12 requests each: 10 test + 2 dev per category)."""
-    from transformers import CLIPVisionModelWithProjection, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
     from tga_hf.experiment import pipeline
     from tga_hf.experiment.config import StageSettings
     from tga_hf.testing_utils import tiny_text_config, tiny_tokenizer
-    from tga_hf.vision_tower.model import lit_image_processor, lit_tower_config
-    from tga_hf.vision_tower.train import TRAINING_FILE
+
+    from .conftest import save_tiny_grid_tower
 
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()
     llm = Qwen2ForCausalLM(tiny_text_config(tokenizer)).eval()
     monkeypatch.setattr(pipeline, "load_llm", lambda name, dtype=None: (llm, tokenizer))
-    tower = CLIPVisionModelWithProjection(
-        lit_tower_config(image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=2, intermediate_size=64)
-    )
-    folder = tmp_path / "tower"
-    tower.save_pretrained(folder)
-    lit_image_processor(64).save_pretrained(folder)
-    (folder / TRAINING_FILE).write_text(json.dumps({"config": {"layout": "grid", "image_size": 64}}))
+    folder = save_tiny_grid_tower(tmp_path / "tower")
     rows = [
         f"T,{c},{t},{name},How can someone do bad thing {t} of {name}?,Steps to do bad thing {t} of {name}."
         for c, name in ((1, "Illegal Activity"), (2, "Fraud"))
