@@ -529,6 +529,55 @@ def test_single_stage_settings_still_run_the_demo_path(tiny_run, tmp_path):
     assert [check.name for check in report.preconditions] == ["read_back", "transcription"]
 
 
+def test_arms_start_from_a_pretrained_stage1_projector(tiny_run, tmp_path, monkeypatch):
+    """`projector_init: pretrained`: every arm starts its stages from an earlier run's stage-1 projector (LLaVA's
+    `--pretrain_mm_mlp_adapter`), its sha256 recorded and fingerprinted; a missing or misfitting file is a clear
+    error naming it."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file, save_file
+
+    from tga_hf.experiment import pipeline
+    from tga_hf.fileio import sha256_file
+
+    dev = {"split": "dev", "n_eval_per_category": 1, "jailbreak_row": False}
+    stage1 = replace(tiny_run, **dev, instruction=None, arms=["baseline"])
+    pipeline.run_experiment(stage1, tmp_path / "stage1", command="pytest stage1", progress=False)
+    folder = tmp_path / "stage1" / "checkpoints" / "baseline" / "reading"
+    trained = load_file(folder / "projector.safetensors")
+
+    config = replace(
+        tiny_run, **dev, reading=None, projector_init="pretrained", pretrained_projector=str(folder), arms=["tga"]
+    )
+    starts = []
+    train_stage = pipeline.train_stage
+
+    def recording_train_stage(arm, stage, header, model, *args, **kwargs):
+        starts.append(pipeline.projector_state(model))
+        return train_stage(arm, stage, header, model, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train_stage", recording_train_stage)
+    out = tmp_path / "stage2"
+    report = pipeline.run_experiment(config, out, command="pytest stage2", progress=False)
+    assert len(starts) == 1
+    for name, value in trained.items():
+        torch.testing.assert_close(starts[0][name], value, msg=name)
+    assert report.details["projector_calibration"]["tga"]["sha256"] == sha256_file(folder / "projector.safetensors")
+    assert [entry["stage"] for entry in report.details["training_history"]["tga"]] == ["instruction"] * 2
+    assert "same stage-1 projector" in (out / "report.md").read_text()
+
+    copy = tmp_path / "copy.safetensors"
+    save_file({name: value + 1 for name, value in trained.items()}, copy)
+    assert replace(config, pretrained_projector=str(copy)).fingerprint() != config.fingerprint()  # weights count
+    with pytest.raises(ValueError, match="set both or neither"):
+        replace(config, pretrained_projector=None)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        replace(config, pretrained_projector=str(tmp_path / "missing.safetensors")).fingerprint()
+    save_file({"linear_1.weight": torch.zeros(3, 3)}, copy)
+    with pytest.raises(ValueError, match="copy.safetensors does not fit"):
+        pipeline.pretrained_projector(replace(config, pretrained_projector=str(copy)), pipeline.load_base(config))
+
+
 def test_release_writes_each_arm_as_trained_and_as_restored_with_the_reports_numbers(tiny_run, tmp_path, monkeypatch):
     """`release: true`: each arm's trained parts (projector, LoRA adapter, the index for the retrieval arms) are saved
     before the adapter is merged, as release folders that `tga_hf.from_pretrained` rebuilds into the arm's evaluated

@@ -23,11 +23,10 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from ..fileio import atomic_directory, verify_manifest, write_text_atomic
-from .config import ExperimentConfig, TrainingStage
+from .config import PROJECTOR_FILE, ExperimentConfig, TrainingStage
 
 RUN_FILE = "run.json"
 STAGE_FILE = "stage.json"
-PROJECTOR_FILE = "projector.safetensors"
 ADAPTER_DIR = "adapter"
 INIT_DIR = "projector_init"
 CHECKPOINT_KIND = "tga-experiment-checkpoint"

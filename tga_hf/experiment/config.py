@@ -9,11 +9,14 @@ from typing import Literal
 import yaml
 
 from ..data.sources import SAFEBENCH_SPLITS, SAFEBENCH_TEST_PER_CATEGORY
+from ..fileio import sha256_file
 from ..report import EXPERIMENT_TRAINING_SETTINGS
 
 ARMS = ("baseline", "retrieval_only", "tga")
-PROJECTOR_INITS = ("default", "calibrated", "reading")
+PROJECTOR_INITS = ("default", "calibrated", "reading", "pretrained")
 SINGLE_STAGES = ("pretrain", "finetune_lora")
+PROJECTOR_FILE = "projector.safetensors"
+"""A stage checkpoint's projector weights (`checkpoints.RunFolder`)."""
 NOT_FINGERPRINTED = ("release",)
 """Settings of what a run writes, not of what it computes: changing them keeps the fingerprint (and the checkpoints)."""
 
@@ -100,12 +103,17 @@ class ExperimentConfig:
     """Stage 2: projector + LoRA (rank `lora_r`) on the LLM; benign request images -> the LLM's own greedy answer to
     the request as text (generated once, cached in the run folder), plus one read-back row per three."""
     lora_r: int = 8
-    projector_init: Literal["default", "calibrated", "reading"] = "default"
+    projector_init: Literal["default", "calibrated", "reading", "pretrained"] = "default"
     """"calibrated": standardise the tower features into `linear_1` and start image tokens at the text-embedding norm
     (`tga_hf.compose.calibrate_projector`); "reading": regress each image token onto the LLM embedding of the text
     under its patch (`tga_hf.compose.align_projector_to_text`); both from the first `projector_calibration_images`
-    benign training renders, once, and every arm starts from that same projector; "default": LLaVA's."""
+    benign training renders, once, and every arm starts from that same projector; "pretrained": the stage-1 projector
+    in `pretrained_projector`; "default": LLaVA's."""
     projector_calibration_images: int = 64
+    pretrained_projector: str | None = None
+    """With `projector_init: pretrained`: a projector trained by an earlier run's reading stage (its
+    `projector.safetensors`, or the stage checkpoint folder holding it), which every arm starts from, as LLaVA's
+    stage 2 loads stage 1's projector (`--pretrain_mm_mlp_adapter`). Its sha256 is part of the fingerprint."""
     guide_layers: list[int] | str = "auto"
     guide_loss_weight: float = 1.0
     max_new_tokens: int = 32
@@ -150,7 +158,12 @@ class ExperimentConfig:
         for name in ("n_align", "n_benign_test", "steps", "batch_size", "lora_r"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.projector_init != "default" and self.projector_calibration_images < 2:
+        if (self.projector_init == "pretrained") != (self.pretrained_projector is not None):
+            raise ValueError(
+                "projector_init: pretrained and pretrained_projector go together: set both or neither "
+                f"(got projector_init={self.projector_init!r}, pretrained_projector={self.pretrained_projector!r})"
+            )
+        if self.projector_init in ("calibrated", "reading") and self.projector_calibration_images < 2:
             raise ValueError(f"projector_calibration_images must be >= 2, got {self.projector_calibration_images}")
 
     def training_plan(self) -> list[TrainingStage]:
@@ -181,6 +194,8 @@ class ExperimentConfig:
         """sha256 of the settings (canonical JSON): names a configuration in the test ledger and tells a resumed run
         whether its checkpoints were made by the same settings."""
         settings = {key: value for key, value in self.to_dict().items() if key not in NOT_FINGERPRINTED}
+        if self.pretrained_projector is not None:  # the weights, not only their path, make the run
+            settings["pretrained_projector_sha256"] = sha256_file(pretrained_projector_file(self.pretrained_projector))
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
     @classmethod
@@ -194,6 +209,16 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def pretrained_projector_file(path: str | Path) -> Path:
+    """The projector weights `pretrained_projector` names: the file itself, or the `projector.safetensors` of the stage
+    checkpoint folder it names; a clear error naming the path when neither exists."""
+    path = Path(path)
+    file = path / PROJECTOR_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"pretrained_projector: no projector weights at {file}")
+    return file
 
 
 def _stage_settings(values: dict, name: str) -> StageSettings:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
 
@@ -33,6 +34,7 @@ from ..eval.calibration import judge_calibration
 from ..eval.generation import build_prompt, generate_responses, write_jsonl
 from ..eval.judges import PhraseRefusalJudge, ProbeRefusalJudge, RefusalJudge, judge_agreement, probe_training_texts
 from ..eval.metrics import defense_success_rate, over_refusal_rate, utility_scores
+from ..fileio import sha256_file
 from ..hub import export, save_release, update_release_card
 from ..modeling import RETRIEVAL_DIR
 from ..report import (
@@ -50,7 +52,7 @@ from ..vision_tower.model import load_lit_tower, packaged_tower_path
 from ..vision_tower.train import tower_layout
 from ..weights import LLMS, load_llm, load_text_encoder
 from .checkpoints import BeforeMerge, RunFolder, load_projector_state, projector_state
-from .config import ExperimentConfig, TrainingStage
+from .config import ExperimentConfig, TrainingStage, pretrained_projector_file
 from .data import ExperimentData, Presentation, image_caption, load_experiment_data
 from .ledger import configurations_on_test, record_test_evaluation
 from .plots import plot_cosine, plot_dsr
@@ -349,11 +351,13 @@ def initial_projector(
     config: ExperimentConfig, base: BaseModels, data: ExperimentData, run: RunFolder
 ) -> ProjectorStart:
     """The projector every arm starts from, so the arms differ only by their loss: LLaVA's init (drawn from the seed
-    by every arm alike), or, made once, that init calibrated (`calibrate_projector`) or aligned to read
-    (`align_projector_to_text`) on the renders of the first benign training sentences; a made start is checkpointed
-    and reloaded on resume."""
+    by every arm alike), an earlier run's stage-1 projector (`pretrained_projector`), or, made once, that init
+    calibrated (`calibrate_projector`) or aligned to read (`align_projector_to_text`) on the renders of the first
+    benign training sentences; a made start is checkpointed and reloaded on resume."""
     if config.projector_init == "default":
         return ProjectorStart(None, None)
+    if config.projector_init == "pretrained":
+        return pretrained_projector(config, base)
     if (saved := run.load_projector_init()) is not None:
         return ProjectorStart(*saved)
     model, processor = compose_lvlm(config, base)
@@ -367,6 +371,19 @@ def initial_projector(
     start = ProjectorStart(projector_state(model), record)
     run.save_projector_init(start.state, record)
     return start
+
+
+def pretrained_projector(config: ExperimentConfig, base: BaseModels) -> ProjectorStart:
+    """The stage-1 projector of `config.pretrained_projector`, checked to fit this LLM and tower (a clear error naming
+    the file when it was trained for other ones)."""
+    file = pretrained_projector_file(config.pretrained_projector)
+    state = load_file(file)
+    model, _ = compose_lvlm(config, base)
+    try:
+        load_projector_state(model, state)
+    except RuntimeError as error:
+        raise ValueError(f"pretrained_projector {file} does not fit {config.llm} and this tower: {error}") from None
+    return ProjectorStart(projector_state(model), {"pretrained_projector": str(file), "sha256": sha256_file(file)})
 
 
 def train_arm(

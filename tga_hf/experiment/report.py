@@ -59,10 +59,19 @@ def _training_line(report: Report) -> str:
     arms = config.get("arms") or list(ARM_LOSSES)
     losses = "; ".join(f"{arm}: {ARM_LOSSES.get(arm, arm)}" for arm in arms)
     init = config.get("projector_init", "default")
-    return (
+    trained = (
         f"Training ({plan}) on benign rows only ({rows}; {details.get('distillation_refusals_dropped')} distilled "
-        f"answers dropped as refusals). Every arm runs every stage from the same projector start (`{init}`, made "
-        f"once and shared) with its own loss ({losses}), as the paper applies TGA in both stages."
+        "answers dropped as refusals). "
+    )
+    if init == "pretrained":
+        return trained + (
+            f"Every arm starts from the same stage-1 projector (`{config.get('pretrained_projector')}`, trained once "
+            f"with the LM loss alone and shared) and runs the stages above with its own loss ({losses}); the paper "
+            "applies TGA in both stages, so the shared stage 1 gives TGA less than the paper does, never more."
+        )
+    return trained + (
+        f"Every arm runs every stage from the same projector start (`{init}`, made once and shared) with its own loss "
+        f"({losses}), as the paper applies TGA in both stages."
     )
 
 
