@@ -493,6 +493,15 @@ def test_v2_configs_are_two_stage_and_differ_only_by_the_split():
     differing = {key for key, value in dev.to_dict().items() if test.to_dict()[key] != value}
     assert differing == {"name", "split", "n_eval_per_category", "release"}
     assert test.release and not dev.release  # the final test-split run is the one released
+    # the session-sized pair: every arm starts stage 2 from the reading check's stage-1 projector
+    shared_dev = ExperimentConfig.from_yaml(configs / "reproduce_v2_qwen_shared.yaml")
+    shared_test = ExperimentConfig.from_yaml(configs / "reproduce_v2_qwen_shared_test.yaml")
+    reading_check = ExperimentConfig.from_yaml(configs / "reading_check_qwen.yaml")
+    assert [stage.name for stage in shared_dev.training_plan()] == ["instruction"]
+    assert shared_dev.pretrained_projector == f"results/{reading_check.name}/checkpoints/baseline/reading"
+    assert (shared_dev.llm, shared_dev.split, shared_test.split) == (reading_check.llm, "dev", "test")
+    differing = {key for key, value in shared_dev.to_dict().items() if shared_test.to_dict()[key] != value}
+    assert differing == {"name", "split", "n_eval_per_category", "release"}
 
 
 def test_single_stage_settings_still_run_the_demo_path(tiny_run, tmp_path):
