@@ -470,7 +470,11 @@ def test_experiment_errors_are_one_line_unless_traceback(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(pipeline, "run_experiment", fail)
     with pytest.raises(SystemExit, match="^tga-hf: error: RuntimeError: the LLM ran out of memory"):
-        main(["demo", "--smoke", "--out", str(tmp_path / "demo"), "--resume"])
+        main(["demo", "--train", "--smoke", "--out", str(tmp_path / "demo"), "--resume"])
+    with pytest.raises(SystemExit, match="^tga-hf: error: ValueError: --smoke and --resume belong to the miniature"):
+        main(["demo", "--smoke"])
+    with pytest.raises(SystemExit, match=r"no release folder for \['baseline', 'tga'\] under .*nowhere"):
+        main(["demo", "--releases", str(tmp_path / "nowhere")])
 
 
 def test_v2_configs_are_two_stage_and_differ_only_by_the_split():
@@ -655,3 +659,19 @@ def test_release_writes_each_arm_as_trained_and_as_restored_with_the_reports_num
     check_releases(resumed)
     with pytest.raises(ValueError, match="release: true needs an offline LLM"):
         pipeline.run_experiment(replace(config, llm="unknown"), tmp_path / "other", command="x", progress=False)
+
+    # `tga-hf demo`: the releases rebuilt, on test requests the run evaluated, answer as the evaluated arms did
+    from tga_hf.eval.generation import read_jsonl
+    from tga_hf.experiment.showcase import SHOWCASE_FILE, run_showcase
+
+    demo = tmp_path / "demo"
+    conditions = run_showcase(out / "release", demo, n_per_category=1, n_benign=2, max_new_tokens=3, progress=False)
+    assert [c.name for c in conditions] == ["baseline_image", "tga_image", "tga_image_no_retrieval"]
+    for condition in conditions:
+        assert (condition.dsr.total, condition.over_refusal.total) == (2, 2)
+        evaluated_answers = {r["id"]: r["response"] for r in read_jsonl(out / "responses" / f"{condition.name}.jsonl")}
+        assert [r["response"] for r in condition.toxic] == [evaluated_answers[r["id"]] for r in condition.toxic]
+    saved = json.loads((demo / SHOWCASE_FILE).read_text())
+    assert [c["dsr"]["total"] for c in saved["conditions"]] == [2, 2, 2] and (demo / "dsr.png").is_file()
+    with pytest.raises(FileNotFoundError, match=r"no release folder for \['missing'\]"):
+        run_showcase(out / "release", demo, arms=("baseline", "missing"), progress=False)

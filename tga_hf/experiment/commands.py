@@ -1,4 +1,5 @@
-"""`tga-hf demo` (the embedded default) and `tga-hf experiment reproduce --config FILE`."""
+"""`tga-hf demo` (the released LVLMs side by side; `--train`: the embedded miniature run) and `tga-hf experiment
+reproduce --config FILE`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .config import DEMO, SMOKE, ExperimentConfig
+from .config import DEMO, RELEASES, SMOKE, ExperimentConfig
 
 if TYPE_CHECKING:
     from ..report import Report
@@ -63,7 +64,17 @@ def _run(config: ExperimentConfig, out: str, resume: bool) -> int:
 
 @_one_line_errors
 def _demo(args: argparse.Namespace) -> int:
-    return _run(SMOKE if args.smoke else DEMO, args.out, args.resume)
+    if args.train:
+        return _run(SMOKE if args.smoke else DEMO, args.out, args.resume)
+    if args.smoke or args.resume:
+        raise ValueError("--smoke and --resume belong to the miniature training run: add --train")
+    from .showcase import print_showcase, run_showcase
+
+    print(f"the released LVLMs of {args.releases}, rebuilt offline on their verified base LLM and tower")
+    conditions = run_showcase(args.releases, args.out)
+    print_showcase(conditions)
+    print(f"\nanswers, showcase.json and dsr.png: {args.out}/  (the full test-split numbers: the run's report.md)")
+    return 0
 
 
 @_one_line_errors
@@ -82,9 +93,19 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    demo = subparsers.add_parser("demo", help="the embedded default experiment: baseline vs TGA on SmolLM2, CPU-sized")
+    demo = subparsers.add_parser(
+        "demo", help="the released baseline and TGA LVLMs side by side on held-out images (--train: a miniature run)"
+    )
     demo.add_argument("--out", default="tga-demo", help="artefact folder (default: ./tga-demo)")
-    demo.add_argument("--smoke", action="store_true", help="the still smaller CI configuration of the same code path")
+    demo.add_argument(
+        "--releases", default=RELEASES, help=f"folder of the release folders, one per arm (default: {RELEASES})"
+    )
+    demo.add_argument(
+        "--train",
+        action="store_true",
+        help="instead, train and evaluate the embedded miniature experiment (SmolLM2: baseline vs retrieval vs TGA)",
+    )
+    demo.add_argument("--smoke", action="store_true", help="with --train: the still smaller CI configuration")
     _add_run_options(demo)
     demo.set_defaults(func=_demo)
 

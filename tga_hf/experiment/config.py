@@ -15,6 +15,9 @@ from ..report import EXPERIMENT_TRAINING_SETTINGS
 ARMS = ("baseline", "retrieval_only", "tga")
 PROJECTOR_INITS = ("default", "calibrated", "reading", "pretrained")
 SINGLE_STAGES = ("pretrain", "finetune_lora")
+RELEASES = "results/reproduce_v2_qwen_shared_test/release"
+"""`tga-hf demo`'s releases: the test-split run's, one folder per arm (relative to the repository root, where the
+README runs the demo)."""
 PROJECTOR_FILE = "projector.safetensors"
 """A stage checkpoint's projector weights (`checkpoints.RunFolder`)."""
 NOT_FINGERPRINTED = ("release",)
