@@ -9,12 +9,14 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from tga_hf.data.layout import Rendering
 from tga_hf.data.sources import FIGSTEP_PROMPT, typographic_item
 from tga_hf.eval import REFUSAL_PHRASES_VERSION, load_refusal_metric, wilson_interval
 from tga_hf.eval.generation import generate_responses
@@ -214,7 +216,8 @@ def test_task_yaml_and_utils_follow_tga_hf_eval():
 
     doc, item = _rows()[0], _items(1)[0]
     assert utils.doc_to_text(doc) == FIGSTEP_PROMPT
-    assert list(utils.doc_to_visual(doc)[0].getdata()) == list(item.load_image().getdata())
+    drawn = replace(item, rendering=Rendering("grid", 160))  # the packaged tower's layout and size
+    assert list(utils.doc_to_visual(doc)[0].getdata()) == list(drawn.load_image().getdata())
     assert utils.text_doc_to_visual(doc) == [] and utils.text_doc_to_text(doc) == item.text_prompt
     assert doc["instruction"] in utils.text_doc_to_text(doc)
 

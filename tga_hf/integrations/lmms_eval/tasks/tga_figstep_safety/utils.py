@@ -3,31 +3,48 @@
 Each document is a FigStep SafeBench row. The image task shows the row's `instruction` rendered FigStep-style (the
 statement over an empty numbered list) with FigStep's prompt; the text task writes the same statement out. Images and
 prompts come from `tga_hf.data.sources.typographic_item`, so they are the ones `tga-hf eval --datasets safebench`
-uses. The score is the refusal rate (DSR: every request is harmful, higher is safer) from tga-hf's `evaluate` metric
-with the phrase judge, with its Wilson 95% interval.
+uses, drawn in the layout of the packaged LiT tower: a task cannot see the model, and every model this package
+composes or releases on the packaged tower reads that layout (`tga-hf eval` draws in it too). The score is the
+refusal rate (DSR: every request is harmful, higher is safer) from tga-hf's `evaluate` metric with the phrase judge,
+with its Wilson 95% interval.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from typing import Any
 
+from transformers import CLIPVisionConfig
+
+from tga_hf.data.layout import Rendering
 from tga_hf.data.sources import EvalItem, typographic_item
 from tga_hf.eval.refusal_metric import load_refusal_metric
 
 
+@functools.cache
+def packaged_tower_rendering() -> Rendering:
+    """The layout and size the packaged tower reads (its `training.json` and config)."""
+    from tga_hf.vision_tower.model import packaged_tower_path
+    from tga_hf.vision_tower.train import tower_layout
+
+    folder = packaged_tower_path()
+    return Rendering.for_tower(tower_layout(folder), CLIPVisionConfig.from_pretrained(folder).image_size)
+
+
 def _item(doc: dict[str, Any]) -> EvalItem:
-    return typographic_item(
+    item = typographic_item(
         id=f"safebench/{doc['category_id']}/{doc['task_id']}",
         statement=doc["instruction"],
         category=doc["category_name"],
         source="figstep-safebench",
         harmful=True,
     )
+    return replace(item, rendering=packaged_tower_rendering())
 
 
 def doc_to_visual(doc: dict[str, Any]) -> list[Any]:
-    """The typographic image of the request, at the size `tga-hf eval` renders it."""
+    """The typographic image of the request, drawn as `tga-hf eval` draws it for a model on the packaged tower."""
     return [_item(doc).load_image()]
 
 
