@@ -49,7 +49,7 @@ from ..report import (
 from ..retrieval import TextRetriever, joint_encoder
 from ..training import TGAConfig, TGATrainer, show_stage_progress, tga_lora_config
 from ..vision_tower.model import load_lit_tower, packaged_tower_path
-from ..vision_tower.train import tower_layout
+from ..vision_tower.train import tower_rendering
 from ..weights import LLMS, load_llm, load_text_encoder
 from .checkpoints import BeforeMerge, RunFolder, load_projector_state, projector_state
 from .config import ExperimentConfig, TrainingStage, pretrained_projector_file
@@ -275,7 +275,7 @@ def load_base(config: ExperimentConfig) -> BaseModels:
     llm, tokenizer = load_llm(config.llm, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
     tower_path = Path(config.tower) if config.tower else packaged_tower_path()
     tower, image_processor = load_lit_tower(tower_path)
-    rendering = Rendering.for_tower(tower_layout(tower_path), tower.config.image_size)
+    rendering = tower_rendering(tower_path, tower.config.image_size)
     return BaseModels(llm.to(device).eval(), tokenizer, tower, image_processor, tower_path, device, rendering)
 
 

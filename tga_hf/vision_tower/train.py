@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import CLIPVisionModelWithProjection
 
+from ..data.layout import Rendering
 from ..data.render import DEFAULT_FONT, RenderStyle
 from ..fileio import atomic_directory
 from .model import encode_images, lit_image_processor, lit_tower_config, pixel_values_from_gray
@@ -443,6 +444,11 @@ def tower_layout(tower_dir: str | Path) -> str:
     if not path.is_file():
         return "flow"
     return json.loads(path.read_text(encoding="utf-8"))["config"].get("layout", "flow")
+
+
+def tower_rendering(tower_dir: str | Path, image_size: int) -> Rendering:
+    """The rendering a saved tower reads: its training layout (`tower_layout`) at its input size."""
+    return Rendering.for_tower(tower_layout(tower_dir), image_size)
 
 
 def load_reading_heads(tower_dir: str | Path, hidden_size: int, word_dim: int) -> ReadingHeads:

@@ -26,10 +26,10 @@ from tga_hf.eval.refusal_metric import load_refusal_metric
 def packaged_tower_rendering() -> Rendering:
     """The layout and size the packaged tower reads (its `training.json` and config)."""
     from tga_hf.vision_tower.model import packaged_tower_path
-    from tga_hf.vision_tower.train import tower_layout
+    from tga_hf.vision_tower.train import tower_rendering
 
     folder = packaged_tower_path()
-    return Rendering.for_tower(tower_layout(folder), CLIPVisionConfig.from_pretrained(folder).image_size)
+    return tower_rendering(folder, CLIPVisionConfig.from_pretrained(folder).image_size)
 
 
 def _item(doc: dict[str, Any]) -> EvalItem:
