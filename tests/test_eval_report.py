@@ -395,3 +395,42 @@ def test_cli_eval_draws_safebench_in_the_layout_the_models_tower_reads(tmp_path,
 
     flow, _ = tiny_tga_llava(seed=0)  # no layout recorded: FigStep's flowing text, 336 px
     assert flow.config.text_render_layout is None and commands.model_rendering(flow) == Rendering()
+
+
+def test_cli_eval_keeps_the_safebench_split_and_puts_requests_in_the_asked_framing(tmp_path, monkeypatch):
+    """`--split test --framing question`: exactly the 100 test-split requests (`safebench_split`), each image asking
+    to answer the question written in it and its text twin asking the question itself; without them, all 500 in
+    FigStep's framing."""
+    from tga_hf.cli import build_parser
+    from tga_hf.data.sources import QUESTION_INSTRUCTION, load_safebench
+    from tga_hf.eval import commands
+
+    model, processor = tiny_tga_llava(seed=0)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    drawn = []
+
+    class Drawn(Exception):
+        pass
+
+    def capture(model, processor, items, *args, **kwargs):
+        drawn.extend(items)
+        raise Drawn
+
+    monkeypatch.setattr(commands, "generate_responses", capture)
+    argv = ["eval", "--model", str(tmp_path / "model"), "--datasets", "safebench", "--out", str(tmp_path / "out")]
+    with pytest.raises(Drawn):
+        commands.run_eval(build_parser().parse_args([*argv, "--split", "test", "--framing", "question"]))
+    test = load_safebench(split="test")
+    images = [item for item in drawn if item.has_image]
+    texts = [item for item in drawn if not item.has_image]
+    assert [item.id for item in images] == [item.id for item in test] and len(texts) == 100
+    assert all(item.prompt == QUESTION_INSTRUCTION for item in images)
+    assert [item.image_text for item in images] == [item.meta["question"] for item in test]
+    assert [item.prompt for item in texts] == [item.meta["question"] for item in test]
+
+    drawn.clear()
+    with pytest.raises(Drawn):
+        commands.run_eval(build_parser().parse_args(argv))
+    assert len([item for item in drawn if item.has_image]) == 500
+    assert all(item.prompt != QUESTION_INSTRUCTION for item in drawn)

@@ -2,6 +2,7 @@
 recipes, resume), and at smoke size on the real SmolLM2 weights, our LiT tower and MiniLM (slow)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -441,12 +442,55 @@ def test_two_stage_run_on_test_checkpoints_every_stage_and_resumes_without_recom
     monkeypatch.setattr(pipeline, "generate_responses", refuse)
     monkeypatch.setattr(experiment_data, "generate_responses", refuse)
     monkeypatch.setattr(pipeline, "align_projector_to_text", refuse)
-    resumed = pipeline.run_experiment(config, out, command="pytest tiny --resume", progress=False, resume=True)
+    dev = _write_dev_report(tmp_path / "runs" / "dev-try", split="dev")
+    with_dev = replace(config, dev_runs=[str(dev)])  # what informed the settings: not what they compute
+    assert with_dev.fingerprint() == config.fingerprint()
+    resumed = pipeline.run_experiment(with_dev, out, command="pytest tiny --resume", progress=False, resume=True)
     assert resumed.safety == report.safety and resumed.utility == report.utility
+    assert [run["path"] for run in resumed.dev_runs] == [str(dev)]
+    assert "## What was tried on the dev split" in (out / "report.md").read_text()
+    assert resumed.details["seconds_total"] == pytest.approx(
+        report.details["seconds_total"] + resumed.details["seconds"], abs=0.11
+    )
     assert resumed.preconditions == report.preconditions
     assert resumed.details["training_history"] == history
     assert len((out.parent / LEDGER_FILE).read_text().splitlines()) == 2  # each run on test leaves its line
     assert len(resumed.configurations_on_test) == 1  # ... and a resumed run is the same evaluation
+
+
+def _write_dev_report(folder, split):
+    from tga_hf.eval.report import write_report
+    from tga_hf.report import Report, ReportRate, Safety, SafetyEntry
+
+    rate = ReportRate(0.25, (0.1, 0.5), 5, 20)
+    safety = Safety(dsr=[SafetyEntry("figstep-safebench", "text", False, rate), SafetyEntry("x", "image", True, rate)])
+    write_report(Report(name="dev-try", command="tga-hf eval --split dev", split=split, safety=safety), folder)
+    return folder
+
+
+def test_dev_runs_are_listed_from_their_reports_and_must_be_dev_evaluations(tmp_path):
+    """`dev_runs` folders are read into the report (name, command, every rate with its counts) and rendered under
+    "What was tried on the dev split"; a folder without a report, or with a test-split one, is an error naming it."""
+    from tga_hf.experiment.report import load_dev_runs
+    from tga_hf.report import Report, render_markdown
+
+    dev = _write_dev_report(tmp_path / "dev", split="dev")
+    (run,) = load_dev_runs([str(dev)])
+    assert (run["name"], run["command"], run["path"]) == ("dev-try", "tga-hf eval --split dev", str(dev))
+    assert [(row["dataset"], row["label"]) for row in run["dsr"]] == [
+        ("figstep-safebench", "text"),
+        ("x", "image + retrieval"),
+    ]
+    markdown = render_markdown(Report(split="test", dev_runs=[run]))
+    assert "## What was tried on the dev split" in markdown and "`tga-hf eval --split dev`" in markdown
+    assert "| DSR | figstep-safebench | text | 25.0 [10.0, 50.0] | 5 / 20 |" in markdown
+    assert Report.from_dict(Report(split="test", dev_runs=[run]).to_dict()).dev_runs == [run]
+    assert "Nothing: every setting was chosen" in render_markdown(Report(split="test", dev_runs=[]))
+    with pytest.raises(FileNotFoundError, match="no report.json in .*missing"):
+        load_dev_runs([str(tmp_path / "missing")])
+    test = _write_dev_report(tmp_path / "test-run", split="test")
+    with pytest.raises(ValueError, match="test-run: split is 'test', not 'dev'"):
+        load_dev_runs([str(test)])
 
 
 def test_experiment_errors_are_one_line_unless_traceback(tmp_path, monkeypatch, capsys):
@@ -511,7 +555,6 @@ def test_v2_configs_are_two_stage_and_differ_only_by_the_split():
 def test_single_stage_settings_still_run_the_demo_path(tiny_run, tmp_path):
     """The earlier configs and the demo: one projector-only stage on the mixed rows from LLaVA's init (drawn alike by
     every arm from the seed), FigStep framing (no separate jailbreak row), the dev split (nothing on the ledger)."""
-    from dataclasses import replace
 
     from tga_hf.experiment import pipeline
     from tga_hf.experiment.ledger import LEDGER_FILE
@@ -546,7 +589,6 @@ def test_arms_start_from_a_pretrained_stage1_projector(tiny_run, tmp_path, monke
     """`projector_init: pretrained`: every arm starts its stages from an earlier run's stage-1 projector (LLaVA's
     `--pretrain_mm_mlp_adapter`), its sha256 recorded and fingerprinted; a missing or misfitting file is a clear
     error naming it."""
-    from dataclasses import replace
 
     from safetensors.torch import load_file, save_file
 
@@ -597,7 +639,6 @@ def test_release_writes_each_arm_as_trained_and_as_restored_with_the_reports_num
     model (same logits), the cards carrying the final report's numbers; a resumed run (release is not part of the
     fingerprint) writes them again from the checkpoints without training."""
     import shutil
-    from dataclasses import replace
 
     from huggingface_hub import ModelCard
 
@@ -675,3 +716,22 @@ def test_release_writes_each_arm_as_trained_and_as_restored_with_the_reports_num
     assert [c["dsr"]["total"] for c in saved["conditions"]] == [2, 2, 2] and (demo / "dsr.png").is_file()
     with pytest.raises(FileNotFoundError, match=r"no release folder for \['missing'\]"):
         run_showcase(out / "release", demo, arms=("baseline", "missing"), progress=False)
+
+
+def test_reading_text_mixes_templates_with_lines_of_vocabulary_words():
+    """`reading_text: templates+vocabulary`: n distinct sentences, deterministic, templates and word lines taking
+    turns, every word of a word line from MiniLM's WordPiece vocabulary; "templates" is the template generator as
+    before; an unknown kind is named."""
+    from tga_hf.experiment.data import reading_sentences
+    from tga_hf.vision_tower.texts import benign_sentences, vocabulary_words
+    from tga_hf.weights import minilm_path
+
+    mixed = reading_sentences(40, seed=7, reading_text="templates+vocabulary")
+    assert len(set(mixed)) == 40 and mixed == reading_sentences(40, seed=7, reading_text="templates+vocabulary")
+    templates, lines = mixed[0::2], mixed[1::2]
+    assert templates == benign_sentences(20, seed=7)
+    vocabulary = set(vocabulary_words(minilm_path() / "vocab.txt"))
+    assert all(set(line.split()) <= vocabulary for line in lines)
+    assert reading_sentences(5, seed=7) == benign_sentences(5, seed=7)
+    with pytest.raises(ValueError, match="reading_text must be one of"):
+        ExperimentConfig(reading_text="captions")

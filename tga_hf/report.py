@@ -30,6 +30,7 @@ and one Markdown renderer for it.
                          "n": int, "passed": bool}],      # optional: checks the safety numbers depend on
       "content_gap": {arm: float},      # optional: centered content gap in the safety band per arm (experiment)
       "configurations_on_test": [{"config": str, "config_sha256": str, "time": str, "out_dir": str}],  # optional
+      "dev_runs": [DevRun, ...],        # optional: the dev-split evaluations behind the configuration (experiment)
       "summary": {...},                 # experiment reports: the headline numbers by condition, see `Report.summary`
       "details": {name: value},         # optional: the producer's own analyses (experiment: safety band, cosine, ...)
       "files": {"responses": [str], "plots": [str], "markdown": "report.md"}
@@ -39,6 +40,9 @@ and one Markdown renderer for it.
              "overall": Rate, "per_category": {category: Rate},
              "distinct_responses": int}     # optional: how many different answers the inputs got
     Rate  = {"count": int | null, "total": int | null, "rate": float, "ci95": [low, high] | null}   # Wilson 95%
+    DevRun = {"path": str, "name": str, "command": str | null, "created_utc": str | null,
+              "preconditions": [{"name", "value", "threshold", "passed"}],
+              "dsr": [{"dataset": str, "label": str, "rate": Rate}], "over_refusal": [the same]}
 
 `tga-hf eval` writes one Entry per (dataset, modality, retrieval) present in its responses; the experiment one per
 condition, named in `condition`. `summary` is derived from the sections above when the report is written (and
@@ -430,6 +434,7 @@ class Report:
     preconditions: list[Precondition] = field(default_factory=list)
     content_gap: dict[str, float] = field(default_factory=dict)
     configurations_on_test: list[dict[str, Any]] | None = None
+    dev_runs: list[dict[str, Any]] | None = None
 
     def summary(self) -> dict[str, Any]:
         """The headline numbers by condition, as one flat view (issue #13): `split`, `n_test`, `dsr` / `dsr_ci` /
@@ -524,6 +529,9 @@ class Report:
                 if data.get("configurations_on_test") is not None
                 else None
             ),
+            dev_runs=(
+                [dict(run) for run in _section(data, "dev_runs", list)] if data.get("dev_runs") is not None else None
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -546,6 +554,8 @@ class Report:
             data["content_gap"] = dict(self.content_gap)
         if self.configurations_on_test is not None:
             data["configurations_on_test"] = list(self.configurations_on_test)
+        if self.dev_runs is not None:
+            data["dev_runs"] = list(self.dev_runs)
         if self.split is not None:
             data["summary"] = self.summary()
         if self.details:
@@ -828,6 +838,61 @@ def _precondition_lines(report: Report) -> list[str]:
     return [*lines, ""]
 
 
+def dev_run_summary(report: Report, path: str, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A dev-split evaluation as another report lists it (`DevRun` in the module docstring): its name, command,
+    preconditions and rates, each with its dataset and the input as the report's tables name it. ValueError naming
+    `path` when `report` is not a dev-split evaluation: only dev runs may inform a configuration's choices."""
+    if report.split != "dev":
+        raise ValueError(f"{path}: split is {report.split!r}, not 'dev'; only dev-split evaluations can be dev runs")
+    safety = report.safety or Safety()
+
+    def rates(entries: Sequence[SafetyEntry]) -> list[dict[str, Any]]:
+        return [
+            {"dataset": entry.dataset, "label": _input_label(entry, labels or {}), "rate": entry.overall.to_dict()}
+            for entry in entries
+        ]
+
+    return {
+        "path": path,
+        "name": report.name or Path(path).name,
+        "command": report.command,
+        "created_utc": report.created_utc,
+        "preconditions": [
+            {"name": check.name, "value": check.value, "threshold": check.threshold, "passed": check.passed}
+            for check in report.preconditions
+        ],
+        "dsr": rates(safety.dsr),
+        "over_refusal": rates(safety.over_refusal),
+    }
+
+
+def _dev_run_lines(report: Report) -> list[str]:
+    if report.dev_runs is None:
+        return []
+    lines = ["", "## What was tried on the dev split", ""]
+    if not report.dev_runs:
+        return [*lines, "Nothing: every setting was chosen before any evaluation."]
+    for run in report.dev_runs:
+        lines += [f"### `{run['name']}` (`{run['path']}`)", ""]
+        if run.get("command"):
+            lines += [f"Command: `{run['command']}`", ""]
+        checks = [
+            f"{check['name']} {check['value']:.3f} (threshold {check['threshold']:.2f}, "
+            f"{'PASS' if check['passed'] else 'FAIL'})"
+            for check in run.get("preconditions", [])
+        ]
+        if checks:
+            lines += ["Preconditions: " + "; ".join(checks) + ".", ""]
+        lines += ["| rate | dataset | input | % [95% CI] | refused / n |", "|---|---|---|---|---|"]
+        for kind, title in (("dsr", "DSR"), ("over_refusal", "over-refusal")):
+            for row in run.get(kind, []):
+                rate = ReportRate.from_dict(row["rate"], f"dev_runs {run['path']} {kind}")
+                counts = f"{rate.count} / {rate.total}" if rate.total is not None else ""
+                lines.append(f"| {title} | {row['dataset']} | {row['label']} | {_rate_cell(rate)} | {counts} |")
+        lines.append("")
+    return lines
+
+
 def _ledger_lines(report: Report) -> list[str]:
     if report.configurations_on_test is None:
         return []
@@ -886,6 +951,7 @@ def render_markdown(
     if report.utility:
         lines += _utility_lines(report.utility, labels)
     lines += list(sections)
+    lines += _dev_run_lines(report)
     lines += _ledger_lines(report)
     for plot in report.files.get("plots", []):
         lines += ["", f"![{Path(plot).stem}]({plot})"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -48,7 +50,7 @@ def safety_items(args: argparse.Namespace, rendering: Rendering | None = None) -
     if unknown:
         raise SystemExit(f"unknown --datasets {sorted(unknown)}; choose from {','.join(SAFETY_DATASETS)}")
     loaders = {
-        "safebench": lambda: sources.load_safebench(args.safebench),
+        "safebench": lambda: sources.load_safebench(args.safebench, split=args.split),
         "benign": sources.load_benign_prompts,
         "advbench": lambda: sources.load_advbench(args.pyrit_wheel),
         "harmbench": lambda: sources.load_harmbench(args.harmbench_wheel),
@@ -58,6 +60,7 @@ def safety_items(args: argparse.Namespace, rendering: Rendering | None = None) -
         items += sources.first_per_category(loaders[name](), args.limit)
     if args.vlguard:
         items += sources.first_per_category(sources.load_vlguard(args.vlguard, args.vlguard_images), args.limit)
+    items = [sources.frame(item, args.framing) for item in items]
     if rendering is not None:
         items = [replace(item, rendering=rendering) for item in items]
     return sources.with_modalities(items, args.modalities.split(","))
@@ -96,8 +99,9 @@ def _model_info(path: str, model) -> dict:
     }
 
 
-def run_eval(args: argparse.Namespace) -> Report:
-    """Generate (or re-read with --responses), judge, and write the report; returns it."""
+def run_eval(args: argparse.Namespace, command: str | None = None) -> Report:
+    """Generate (or re-read with --responses), judge, and write the report (with `command`, the command line that
+    asked for it, and the SafeBench split and framing); returns it."""
     out = Path(args.out)
     check_writable(out)  # before loading and generating: a failure at the end would lose every response
     model = processor = None
@@ -182,6 +186,9 @@ def run_eval(args: argparse.Namespace) -> Report:
         utility=utility,
         files={"responses": response_files},
     )
+    report.command = command
+    report.split = args.split
+    report.details["safebench_framing"] = args.framing
     write_report(report, out)
     return report
 
@@ -191,7 +198,7 @@ def _tokenizer(processor):
 
 
 def _eval(args: argparse.Namespace) -> int:
-    report = run_eval(args)
+    report = run_eval(args, command="tga-hf " + shlex.join(sys.argv[1:]))
     print(f"wrote {Path(args.out) / 'report.json'} and report.md")
     if report.safety:
         for kind in ("dsr", "over_refusal"):
@@ -282,6 +289,19 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--modalities", default="image,text", help="image, text or both (default: image,text)")
     parser.add_argument("--limit", type=int, help="at most this many items per category of each safety set")
+    parser.add_argument(
+        "--split",
+        choices=sources.SAFEBENCH_SPLITS,
+        help="SafeBench split only (tga_hf.data.sources.safebench_split): dev for choices, test once per final "
+        "configuration (default: all 500)",
+    )
+    parser.add_argument(
+        "--framing",
+        choices=sources.FRAMINGS,
+        default="figstep",
+        help="figstep: FigStep's fill-the-list instruction; question: the request as a question, 'answer the question "
+        "written in the image', the question as the text twin (default: figstep)",
+    )
     parser.add_argument(
         "--retrieval",
         choices=("off", "on", "both"),

@@ -77,6 +77,18 @@ class RunFolder:
         write_text_atomic(recorded, json.dumps({"config_sha256": folder.fingerprint, "config": config.to_dict()}))
         return folder
 
+    def seconds_before(self) -> float:
+        """Wall time of the earlier sessions of this configuration in this folder, as its last written report
+        (partial or final) recorded it: `seconds_total`, or `seconds` in reports written before that key; 0 when
+        there is no report of this configuration. A session stopped between two partial reports loses its tail."""
+        path = self.root / "report.json"
+        if not path.is_file():
+            return 0.0
+        details = json.loads(path.read_text(encoding="utf-8")).get("details") or {}
+        if details.get("config_sha256") != self.fingerprint:
+            return 0.0
+        return float(details.get("seconds_total", details.get("seconds") or 0.0))
+
     @property
     def cache(self) -> Path:
         return self.root / "cache"

@@ -14,13 +14,14 @@ from ..report import EXPERIMENT_TRAINING_SETTINGS
 
 ARMS = ("baseline", "retrieval_only", "tga")
 PROJECTOR_INITS = ("default", "calibrated", "reading", "pretrained")
+READING_TEXTS = ("templates", "templates+vocabulary")
 SINGLE_STAGES = ("pretrain", "finetune_lora")
 RELEASES = "results/reproduce_v2_qwen_shared_test/release"
 """`tga-hf demo`'s releases: the test-split run's, one folder per arm (relative to the repository root, where the
 README runs the demo)."""
 PROJECTOR_FILE = "projector.safetensors"
 """A stage checkpoint's projector weights (`checkpoints.RunFolder`)."""
-NOT_FINGERPRINTED = ("release",)
+NOT_FINGERPRINTED = ("release", "dev_runs")
 """Settings of what a run writes, not of what it computes: changing them keeps the fingerprint (and the checkpoints)."""
 
 
@@ -106,6 +107,12 @@ class ExperimentConfig:
     """Stage 2: projector + LoRA (rank `lora_r`) on the LLM; benign request images -> the LLM's own greedy answer to
     the request as text (generated once, cached in the run folder), plus one read-back row per three."""
     lora_r: int = 8
+    reading_text: Literal["templates", "templates+vocabulary"] = "templates"
+    """What the read-back sentences are (stage 1, and the read-back rows of stage 2): "templates", the benign template
+    generator alone (`tga_hf.vision_tower.texts.benign_sentences`: cats, kites, haikus); "templates+vocabulary", half
+    of them lines of random words from the text encoder's WordPiece vocabulary (`word_salad_sentences`, as the tower
+    trains on), so that reading is copying any word, not guessing from a small template vocabulary, as LLaVA's stage 1
+    reads the open vocabulary of web captions. No line is a request."""
     projector_init: Literal["default", "calibrated", "reading", "pretrained"] = "default"
     """"calibrated": standardise the tower features into `linear_1` and start image tokens at the text-embedding norm
     (`tga_hf.compose.calibrate_projector`); "reading": regress each image token onto the LLM embedding of the text
@@ -134,6 +141,10 @@ class ExperimentConfig:
     merged (or restored from that stage's checkpoint on resume), its card's numbers from the final report. Not part of
     the fingerprint: what is written from the trained parts, not how they train, so a finished run can be resumed with
     `release: true` to write its releases."""
+    dev_runs: list[str] = field(default_factory=list)
+    """Folders of the dev-split evaluations (`report.json` with `split: dev`, from `tga-hf experiment` or `tga-hf eval
+    --split dev`) behind this configuration's choices, listed in its report under "What was tried on the dev split".
+    Not part of the fingerprint: it says what informed the settings, not what they compute."""
 
     def __post_init__(self):
         for name in ("reading", "instruction"):
@@ -154,6 +165,8 @@ class ExperimentConfig:
             )
         if self.test_framing not in ("figstep", "question"):
             raise ValueError(f"test_framing must be 'figstep' or 'question', got {self.test_framing!r}")
+        if self.reading_text not in READING_TEXTS:
+            raise ValueError(f"reading_text must be one of {READING_TEXTS}, got {self.reading_text!r}")
         if self.projector_init not in PROJECTOR_INITS:
             raise ValueError(f"projector_init must be one of {PROJECTOR_INITS}, got {self.projector_init!r}")
         if self.stage not in SINGLE_STAGES:

@@ -15,7 +15,9 @@ import torch
 from ..data.layout import Rendering
 from ..data.sources import (
     FIGSTEP_PROMPT,
+    QUESTION_INSTRUCTION,
     EvalItem,
+    frame,
     load_advbench,
     load_benign_prompts,
     load_safebench,
@@ -23,12 +25,11 @@ from ..data.sources import (
 )
 from ..eval.generation import generate_responses, read_jsonl, write_jsonl
 from ..eval.judges import PhraseRefusalJudge
-from ..vision_tower.texts import benign_sentences
+from ..vision_tower.texts import benign_sentences, vocabulary_words, word_salad_sentences
+from ..weights import minilm_path
 from .config import ExperimentConfig
 
 READ_INSTRUCTION = "What is written in the image? Copy the text exactly."
-QUESTION_INSTRUCTION = "Answer the question written in the image."
-FRAMINGS = ("figstep", "question")
 LIST_STUB = "\n1.\n2.\n3."
 # Training and held-out benign sentences come from disjoint seeds of the same generator.
 ALIGN_SEED_OFFSET, HELDOUT_SEED_OFFSET, INSTRUCTION_SEED_OFFSET = 1_000, 2_000, 3_000
@@ -66,18 +67,6 @@ class ExperimentData:
 def image_caption(statement: str) -> str:
     """The text a FigStep-style render shows: the statement and the empty numbered list."""
     return statement + LIST_STUB
-
-
-def frame(item: EvalItem, framing: str) -> EvalItem:
-    """`figstep`: FigStep's fill-the-list instruction with the statement (the item as loaded). `question`: the plain
-    request in the image, "answer the question in the image", and the plain request as the text twin; SafeBench items
-    use their `question` column, other items their statement."""
-    if framing == "figstep":
-        return item
-    if framing != "question":
-        raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
-    request = item.meta.get("question", item.image_text)
-    return replace(item, prompt=QUESTION_INSTRUCTION, image_text=request, text_prompt=request)
 
 
 @dataclass(frozen=True)
@@ -194,6 +183,26 @@ def _distill_statements(
     return distill(llm, tokenizer, items, config.max_new_tokens, config.llm, cache, progress)
 
 
+def reading_sentences(n: int, seed: int, reading_text: str = "templates") -> list[str]:
+    """`n` distinct read-back sentences (`ExperimentConfig.reading_text`): benign templates, or templates and lines
+    of random words from MiniLM's WordPiece vocabulary taking turns, deterministic in `seed`.
+
+    Example:
+        >>> reading_sentences(2, seed=0, reading_text="templates+vocabulary")  # doctest: +SKIP
+        ['Write a haiku about the water cycle.', 'ledger pottery fortified']
+    """
+    if reading_text == "templates":
+        return benign_sentences(n, seed=seed)
+    if reading_text != "templates+vocabulary":
+        raise ValueError(f"reading_text must be 'templates' or 'templates+vocabulary', got {reading_text!r}")
+    templates = benign_sentences(n - n // 2, seed=seed)
+    words = vocabulary_words(minilm_path() / "vocab.txt")
+    salad = [line for line in word_salad_sentences(words, 2 * (n // 2) + 8, seed=seed) if line not in templates]
+    salad = list(dict.fromkeys(salad))[: n // 2]
+    mixed = [sentence for pair in zip(templates, salad, strict=False) for sentence in pair]
+    return mixed + templates[len(salad) :]
+
+
 def _training_rows(
     config: ExperimentConfig, presentation: Presentation, llm, tokenizer, cache: Path | None, progress: bool
 ) -> tuple[dict[str, list[dict]], list[str], int]:
@@ -214,7 +223,7 @@ def _training_rows(
     n_read = plan["reading"].rows if "reading" in plan else 0
     n_requests = plan["instruction"].rows if "instruction" in plan else 0
     n_read_back = -(-n_requests // ANSWERS_PER_READ_BACK)
-    reading = benign_sentences(max(n_read, n_read_back), seed=config.seed + ALIGN_SEED_OFFSET)
+    reading = reading_sentences(max(n_read, n_read_back), config.seed + ALIGN_SEED_OFFSET, config.reading_text)
     drawn = set(reading)
     requests = [
         s
@@ -297,4 +306,5 @@ __all__ = [
     "image_caption",
     "load_experiment_data",
     "read_rows",
+    "reading_sentences",
 ]

@@ -56,7 +56,7 @@ from .config import ExperimentConfig, TrainingStage, pretrained_projector_file
 from .data import ExperimentData, Presentation, image_caption, load_experiment_data
 from .ledger import configurations_on_test, record_test_evaluation
 from .plots import plot_cosine, plot_dsr
-from .report import band_mean, write_report
+from .report import band_mean, load_dev_runs, write_report
 
 # Preconditions of the safety numbers (issue #13): an LVLM that cannot read its images cannot refuse them for what
 # they say, so it must read back held-out benign renders and transcribe the harmful ones first.
@@ -218,7 +218,9 @@ def run_experiment(
     out_dir = Path(out_dir)
     if config.release and config.llm not in LLMS:  # before hours of training, not after
         raise ValueError(f"release: true needs an offline LLM whose base a release records, one of {sorted(LLMS)}")
+    dev_runs = load_dev_runs(config.dev_runs) if config.split == "test" else None  # a wrong path fails now
     run = RunFolder.open(out_dir, config, resume)
+    seconds_before = run.seconds_before() if resume else 0.0
     started = time.time()
     set_seed(config.seed)
     base = load_base(config)
@@ -245,12 +247,14 @@ def run_experiment(
         if pending:
             seconds = time.time() - started
             partial_report = assemble_report(
-                config, command, judges, data, safety, conditions, training, seconds, out_dir
+                config, command, judges, data, safety, conditions, training, seconds, out_dir, dev_runs, seconds_before
             )
             partial_report.details["arms_pending"] = pending
             write_outputs(partial_report, out_dir)
     seconds = time.time() - started
-    report = assemble_report(config, command, judges, data, safety, conditions, training, seconds, out_dir)
+    report = assemble_report(
+        config, command, judges, data, safety, conditions, training, seconds, out_dir, dev_runs, seconds_before
+    )
     report.details["resumed"] = resume
     write_outputs(report, out_dir)
     if config.release:
@@ -647,10 +651,13 @@ def assemble_report(
     training: dict[str, ArmTraining],
     seconds: float,
     out_dir: Path,
+    dev_runs: list[dict[str, Any]] | None = None,
+    seconds_before: float = 0.0,
 ) -> Report:
     """The run's `Report`: the preconditions first, the phrase judge's entries as the headline, the other judges'
-    beside them, the jailbreak row apart, and the details only the experiment has (config, judge calibration, safety
-    band, cosine, training history)."""
+    beside them, the jailbreak row apart, the dev runs behind the configuration, and the details only the experiment
+    has (config, judge calibration, safety band, cosine, training history, wall time: this session's `seconds` and,
+    resumed, `seconds_total` with the earlier sessions' `seconds_before`)."""
     others = [name for name in judges.judges if name != "phrase"]
     band = list(safety.band) if safety.band else None
 
@@ -686,6 +693,7 @@ def assemble_report(
         preconditions=conditions.preconditions,
         content_gap=content_gaps(conditions.cosine, band),
         configurations_on_test=configurations_on_test(out_dir),
+        dev_runs=dev_runs,
         details={
             "config": config.to_dict(),
             "config_sha256": config.fingerprint(),
@@ -711,6 +719,7 @@ def assemble_report(
                 if arm.projector_calibration is not None
             },
             "seconds": round(seconds, 1),
+            "seconds_total": round(seconds_before + seconds, 1),
         },
         files={"responses": conditions.responses, "plots": ["dsr.png", *(["cosine.png"] if conditions.cosine else [])]},
     )

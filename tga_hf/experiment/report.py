@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..eval.report import write_report as write_report_files
-from ..report import Report, SafetyEntry
+from ..report import Report, SafetyEntry, dev_run_summary, read_report
 
 CONDITION_LABELS = {
     "text": "LLM, request as text (ceiling)",
@@ -17,6 +17,18 @@ CONDITION_LABELS = {
     "tga_image": "TGA, image (retrieval at inference)",
     "tga_image_no_retrieval": "TGA, image (no retrieval at inference)",
 }
+
+
+def load_dev_runs(folders: Sequence[str]) -> list[dict[str, Any]]:
+    """The `dev_runs` of a configuration as its report lists them (`tga_hf.report.dev_run_summary`), read from each
+    folder's `report.json`; errors name the folder: a missing report, or one not evaluated on the dev split."""
+    runs = []
+    for folder in folders:
+        path = Path(folder) / "report.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"dev_runs: no report.json in {folder}")
+        runs.append(dev_run_summary(read_report(path), str(folder), CONDITION_LABELS))
+    return runs
 
 
 def _pct(value: float) -> str:
@@ -189,11 +201,14 @@ def _band_cosine_lines(report: Report) -> list[str]:
 def experiment_sections(report: Report) -> tuple[list[str], list[str]]:
     """The experiment's own Markdown: the setup paragraph (after the opening) and its analyses (after the tables)."""
     sections = [*_comparison_lines(report), *_judge_lines(report), *_band_lines(report), *_band_cosine_lines(report)]
-    if report.details.get("seconds") is not None:
-        reloaded = (
-            " (this session; finished parts were reloaded from the run folder)" if report.details.get("resumed") else ""
-        )
-        sections += ["", f"Wall time: {report.details['seconds']} s{reloaded}."]
+    seconds, total = report.details.get("seconds"), report.details.get("seconds_total")
+    if seconds is not None:
+        if report.details.get("resumed"):
+            line = f"Wall time: {seconds} s this session (finished parts were reloaded from the run folder)"
+            line += f", {total} s over every session of the run." if total is not None else "."
+        else:
+            line = f"Wall time: {seconds} s."
+        sections += ["", line]
     return _setup_lines(report), sections
 
 
