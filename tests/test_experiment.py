@@ -486,6 +486,11 @@ def test_dev_runs_are_listed_from_their_reports_and_must_be_dev_evaluations(tmp_
     assert "| DSR | figstep-safebench | text | 25.0 [10.0, 50.0] | 5 / 20 |" in markdown
     assert Report.from_dict(Report(split="test", dev_runs=[run]).to_dict()).dev_runs == [run]
     assert "Nothing: every setting was chosen" in render_markdown(Report(split="test", dev_runs=[]))
+    ledger = [{"config": "c", "config_sha256": "abc", "time": "2026-01-01T00:00:00Z", "out_dir": "runs/c"}]
+    for made, diagnosis in (("2025-12-31T23:59:59Z", False), ("2026-01-01T00:00:01Z", True)):
+        tested = Report(split="test", dev_runs=[{**run, "created_utc": made}], configurations_on_test=ledger)
+        tested.details["config_sha256"] = "abc"
+        assert ("a diagnosis of its result, not a choice" in render_markdown(tested)) is diagnosis
     with pytest.raises(FileNotFoundError, match="no report.json in .*missing"):
         load_dev_runs([str(tmp_path / "missing")])
     test = _write_dev_report(tmp_path / "test-run", split="test")
@@ -521,7 +526,7 @@ def test_experiment_errors_are_one_line_unless_traceback(tmp_path, monkeypatch, 
         main(["demo", "--releases", str(tmp_path / "nowhere")])
 
 
-def test_v2_configs_are_two_stage_and_differ_only_by_the_split():
+def test_v2_configs_are_two_stage_and_differ_only_by_the_split(monkeypatch):
     from pathlib import Path
 
     import tga_hf
@@ -549,7 +554,16 @@ def test_v2_configs_are_two_stage_and_differ_only_by_the_split():
     assert shared_dev.pretrained_projector == f"results/{reading_check.name}/checkpoints/baseline/reading"
     assert (shared_dev.llm, shared_dev.split, shared_test.split) == (reading_check.llm, "dev", "test")
     differing = {key for key, value in shared_dev.to_dict().items() if shared_test.to_dict()[key] != value}
-    assert differing == {"name", "split", "n_eval_per_category", "release"}
+    assert differing == {"name", "split", "n_eval_per_category", "release", "dev_runs"}
+    # the test run's report lists its dev runs: each a committed dev-split report
+    from tga_hf.experiment.report import load_dev_runs
+
+    monkeypatch.chdir(configs.parent)
+    assert [run["path"] for run in load_dev_runs(shared_test.dev_runs)] == shared_test.dev_runs
+    # the committed ledger names this configuration: settings added since (at their earlier value) keep its fingerprint
+    ledger = [json.loads(line) for line in (configs.parent / "results" / "test_ledger.jsonl").read_text().splitlines()]
+    assert shared_test.fingerprint() in {line["config_sha256"] for line in ledger}
+    assert replace(shared_test, reading_text="templates+vocabulary").fingerprint() != shared_test.fingerprint()
 
 
 def test_single_stage_settings_still_run_the_demo_path(tiny_run, tmp_path):

@@ -872,8 +872,16 @@ def _dev_run_lines(report: Report) -> list[str]:
     lines = ["", "## What was tried on the dev split", ""]
     if not report.dev_runs:
         return [*lines, "Nothing: every setting was chosen before any evaluation."]
+    sha = report.details.get("config_sha256")
+    tested = sorted(
+        str(line.get("time")) for line in report.configurations_on_test or [] if line.get("config_sha256") == sha
+    )
     for run in report.dev_runs:
-        lines += [f"### `{run['name']}` (`{run['path']}`)", ""]
+        made = run.get("created_utc")
+        when = f", {made}" if made else ""
+        if made and tested and made > tested[0]:  # ISO 8601 UTC strings order as times
+            when += ", after this configuration's test evaluation: a diagnosis of its result, not a choice behind it"
+        lines += [f"### `{run['name']}` (`{run['path']}`{when})", ""]
         if run.get("command"):
             lines += [f"Command: `{run['command']}`", ""]
         checks = [

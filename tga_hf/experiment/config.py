@@ -23,6 +23,10 @@ PROJECTOR_FILE = "projector.safetensors"
 """A stage checkpoint's projector weights (`checkpoints.RunFolder`)."""
 NOT_FINGERPRINTED = ("release", "dev_runs")
 """Settings of what a run writes, not of what it computes: changing them keeps the fingerprint (and the checkpoints)."""
+ADDED_SETTINGS = {"reading_text": "templates"}
+"""Settings added after runs were fingerprinted, with the value that computes what runs did before them: left out of
+the fingerprint at that value, so an earlier run keeps its fingerprint (its checkpoints resume, its ledger line names
+it) and a run that sets another value gets a new one."""
 
 
 @dataclass(frozen=True)
@@ -209,7 +213,11 @@ class ExperimentConfig:
     def fingerprint(self) -> str:
         """sha256 of the settings (canonical JSON): names a configuration in the test ledger and tells a resumed run
         whether its checkpoints were made by the same settings."""
-        settings = {key: value for key, value in self.to_dict().items() if key not in NOT_FINGERPRINTED}
+        settings = {
+            key: value
+            for key, value in self.to_dict().items()
+            if key not in NOT_FINGERPRINTED and not (key in ADDED_SETTINGS and value == ADDED_SETTINGS[key])
+        }
         if self.pretrained_projector is not None:  # the weights, not only their path, make the run
             settings["pretrained_projector_sha256"] = sha256_file(pretrained_projector_file(self.pretrained_projector))
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
