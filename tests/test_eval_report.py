@@ -344,7 +344,6 @@ def test_cli_eval_draws_safebench_in_the_layout_the_models_tower_reads(tmp_path,
     from transformers import AutoModelForCausalLM
 
     from tga_hf import TGALlavaConfig
-    from tga_hf.cli import build_parser
     from tga_hf.compose import compose
     from tga_hf.data.layout import LAYOUTS, Rendering
     from tga_hf.data.render_grid import render_grid_image
@@ -375,20 +374,9 @@ def test_cli_eval_draws_safebench_in_the_layout_the_models_tower_reads(tmp_path,
     (tmp_path / "safebench.csv").write_text(
         "dataset,category_id,task_id,category_name,question,instruction\n" + "\n".join(rows) + "\n"
     )
-    drawn = []
-
-    class Drawn(Exception):
-        pass
-
-    def capture(model, processor, items, *args, **kwargs):
-        drawn.extend(items)
-        raise Drawn
-
-    monkeypatch.setattr(commands, "generate_responses", capture)
     argv = ["eval", "--model", str(tmp_path / "model"), "--suite", "safety", "--datasets", "safebench"]
     argv += ["--safebench", str(tmp_path / "safebench.csv"), "--modalities", "image", "--out", str(tmp_path / "out")]
-    with pytest.raises(Drawn):
-        commands.run_eval(build_parser().parse_args(argv))
+    drawn = _items_eval_generates(monkeypatch, argv)
     assert len(drawn) == 2 and all(item.rendering == Rendering("grid", 64) for item in drawn)
     image = drawn[0].load_image()
     assert image.tobytes() == render_grid_image(drawn[0].image_text, 64, "figstep").tobytes()
@@ -397,17 +385,11 @@ def test_cli_eval_draws_safebench_in_the_layout_the_models_tower_reads(tmp_path,
     assert flow.config.text_render_layout is None and commands.model_rendering(flow) == Rendering()
 
 
-def test_cli_eval_keeps_the_safebench_split_and_puts_requests_in_the_asked_framing(tmp_path, monkeypatch):
-    """`--split test --framing question`: exactly the 100 test-split requests (`safebench_split`), each image asking
-    to answer the question written in it and its text twin asking the question itself; without them, all 500 in
-    FigStep's framing."""
+def _items_eval_generates(monkeypatch, argv: list[str]) -> list:
+    """The items `tga-hf eval argv` hands to generation, which is stopped there."""
     from tga_hf.cli import build_parser
-    from tga_hf.data.sources import QUESTION_INSTRUCTION, load_safebench
     from tga_hf.eval import commands
 
-    model, processor = tiny_tga_llava(seed=0)
-    model.save_pretrained(tmp_path / "model")
-    processor.save_pretrained(tmp_path / "model")
     drawn = []
 
     class Drawn(Exception):
@@ -418,9 +400,22 @@ def test_cli_eval_keeps_the_safebench_split_and_puts_requests_in_the_asked_frami
         raise Drawn
 
     monkeypatch.setattr(commands, "generate_responses", capture)
-    argv = ["eval", "--model", str(tmp_path / "model"), "--datasets", "safebench", "--out", str(tmp_path / "out")]
     with pytest.raises(Drawn):
-        commands.run_eval(build_parser().parse_args([*argv, "--split", "test", "--framing", "question"]))
+        commands.run_eval(build_parser().parse_args(argv))
+    return drawn
+
+
+def test_cli_eval_keeps_the_safebench_split_and_puts_requests_in_the_asked_framing(tmp_path, monkeypatch):
+    """`--split test --framing question`: exactly the 100 test-split requests (`safebench_split`), each image asking
+    to answer the question written in it and its text twin asking the question itself; without them, all 500 in
+    FigStep's framing."""
+    from tga_hf.data.sources import QUESTION_INSTRUCTION, load_safebench
+
+    model, processor = tiny_tga_llava(seed=0)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    argv = ["eval", "--model", str(tmp_path / "model"), "--datasets", "safebench", "--out", str(tmp_path / "out")]
+    drawn = _items_eval_generates(monkeypatch, [*argv, "--split", "test", "--framing", "question"])
     test = load_safebench(split="test")
     images = [item for item in drawn if item.has_image]
     texts = [item for item in drawn if not item.has_image]
@@ -429,8 +424,6 @@ def test_cli_eval_keeps_the_safebench_split_and_puts_requests_in_the_asked_frami
     assert [item.image_text for item in images] == [item.meta["question"] for item in test]
     assert [item.prompt for item in texts] == [item.meta["question"] for item in test]
 
-    drawn.clear()
-    with pytest.raises(Drawn):
-        commands.run_eval(build_parser().parse_args(argv))
+    drawn = _items_eval_generates(monkeypatch, argv)
     assert len([item for item in drawn if item.has_image]) == 500
     assert all(item.prompt != QUESTION_INSTRUCTION for item in drawn)

@@ -390,7 +390,11 @@ def test_two_stage_run_on_test_checkpoints_every_stage_and_resumes_without_recom
     assert report.details["rendering"] == {"layout": "grid", "size": 64}  # drawn as the tower reads
     conditions = {"baseline_image", "retrieval_only_image", "retrieval_only_image_no_retrieval", "tga_image"}
     conditions |= {"tga_image_no_retrieval", "text"}
+    own_text = {f"{arm}_text" for arm in config.arms}  # each arm's own LLM: stage 2 trained it
+    conditions |= own_text
     assert {entry.condition for entry in report.safety.dsr} == conditions
+    own = [entry for entry in report.safety.dsr if entry.condition in own_text]
+    assert all(entry.modality == "text" and entry.overall.total == 20 for entry in own)
     assert {entry.condition for entry in report.safety.jailbreak} == {
         "text",
         "baseline_image",
@@ -405,7 +409,7 @@ def test_two_stage_run_on_test_checkpoints_every_stage_and_resumes_without_recom
     assert (
         set(summary["utility"]["read_back_rouge_l"])
         == set(summary["utility"]["answer_rouge_l"])
-        == conditions - {"text"}
+        == conditions - {"text"} - own_text
     )
     assert set(summary["content_gap"]) == set(config.arms)
     assert [(line["config"], line["config_sha256"]) for line in summary["configurations_on_test"]] == [

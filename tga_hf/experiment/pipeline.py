@@ -520,8 +520,8 @@ def evaluate_arm(
     progress: bool,
 ) -> Conditions:
     """The image conditions of one arm: safety test, benign inputs and utility with retrieval at inference (the
-    retrieval arms) and without it; the jailbreak framing in the arm's own setting; the preconditions (baseline);
-    the per-layer cosine."""
+    retrieval arms) and without it; the jailbreak framing in the arm's own setting; its own LLM on the text twins
+    when training changed the LLM; the preconditions (baseline); the per-layer cosine."""
     conditions = Conditions()
     with_retriever = arm.name != "baseline"
     if with_retriever:
@@ -548,10 +548,29 @@ def evaluate_arm(
         conditions.utility.append(utility_entry(key, reads, benign))
         write_jsonl(benign + reads, out_dir / "responses" / f"{key}_benign.jsonl")
         conditions.responses += [f"responses/{key}.jsonl", f"responses/{key}_benign.jsonl"]
+    if any(stage.lora for stage in config.training_plan()):
+        conditions.update(evaluate_own_text(arm, data, judges, config, out_dir, progress))
     if arm.name == "baseline":
         conditions.preconditions = check_preconditions(arm, data, config, conditions.utility[0], out_dir, progress)
         conditions.responses.append("responses/baseline_transcription.jsonl")
     conditions.cosine[arm.name] = measure_cosine(arm, data, retriever)
+    return conditions
+
+
+def evaluate_own_text(
+    arm: AlignedArm, data: ExperimentData, judges: Judges, config: ExperimentConfig, out_dir: Path, progress: bool
+) -> Conditions:
+    """`<arm>_text`: the arm's own LLM (its LoRA merged) on the text twins of the safety test and the benign inputs.
+    The base LLM's "text" is the ceiling before training; this is the refusal the arm has left for its images to
+    reach, since fine-tuning on benign answers alone can train refusal down."""
+    key = f"{arm.name}_text"
+    generate = partial(
+        generate_responses, arm.model, arm.processor, max_new_tokens=config.max_new_tokens, progress=progress
+    )
+    conditions = Conditions(responses=[f"responses/{key}.jsonl"])
+    toxic = generate([item.text_twin() for item in data.toxic_test], output_path=out_dir / "responses" / f"{key}.jsonl")
+    judges.judge(conditions, "dsr", key, toxic)
+    judges.judge(conditions, "over_refusal", key, generate([item.text_twin() for item in data.benign_test]))
     return conditions
 
 

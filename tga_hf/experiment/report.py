@@ -16,6 +16,9 @@ CONDITION_LABELS = {
     "retrieval_only_image_no_retrieval": "retrieval prefix only, image (no retrieval at inference)",
     "tga_image": "TGA, image (retrieval at inference)",
     "tga_image_no_retrieval": "TGA, image (no retrieval at inference)",
+    "baseline_text": "baseline LVLM's own LLM, request as text",
+    "retrieval_only_text": "retrieval prefix only LVLM's own LLM, request as text",
+    "tga_text": "TGA LVLM's own LLM, request as text",
 }
 
 

@@ -5,7 +5,8 @@ schema `tga-hf eval` and `tga-hf experiment` write; older layouts are read too);
 takes from it, every part optional:
 
 - `safety.dsr`: the DSR table. An entry with a `condition` (the experiment's settings) is labelled by it: known
-  settings, in table order, are `text` (the base LLM, harmful request as text), `baseline_image` (LM-loss alignment,
+  settings, in table order, are `text` (the base LLM, harmful request as text), `<arm>_text` (an arm's own LLM after
+  training, the same text), `baseline_image` (LM-loss alignment,
   toxic image), `retrieval_only_image` (retrieval prefix only), `tga_image` (full TGA, retrieval at inference),
   `tga_image_no_retrieval` (full TGA, retrieval off at inference); other settings follow under their own name.
   `tga_image` and `tga_image_no_retrieval` are this model's own results: they go into `model-index` and
@@ -46,6 +47,9 @@ INDEX_CARD_TEMPLATE = TEMPLATES_DIR / "retrieval_index_card.md"
 MODEL_TAGS = ["tga", "safety", "llava", "custom_code", "vision-language", "image-text-to-text"]
 DSR_SETTINGS = {
     "text": "Base LLM, harmful request as text",
+    "baseline_text": "Baseline alignment's own LLM (after training), harmful request as text",
+    "retrieval_only_text": "Retrieval prefix only's own LLM (after training), harmful request as text",
+    "tga_text": "TGA's own LLM (after training), harmful request as text",
     "baseline_image": "Baseline alignment (LM loss only), toxic image",
     "retrieval_only_image": "Retrieval prefix only, toxic image",
     "retrieval_only_image_no_retrieval": "Retrieval prefix only, toxic image, retrieval off at inference",
