@@ -87,6 +87,10 @@ def test_question_framing_puts_the_plain_request_in_image_and_text_twin():
     assert framed.prompt == QUESTION_INSTRUCTION and framed.text_twin().prompt == item.meta["question"]
     benign = load_benign_prompts()[0]
     assert frame(benign, "question").text_prompt == benign.image_text  # no question column: the statement itself
+    text_only = benign.text_twin()  # nothing drawn: `tga-hf eval --framing question` leaves it as it is
+    assert frame(text_only, "question") is text_only
+    with pytest.raises(ValueError, match="framing must be one of"):
+        frame(text_only, "poem")
     with pytest.raises(ValueError, match="framing must be one of"):
         frame(item, "poem")
     with pytest.raises(ValueError, match="test_framing must be"):

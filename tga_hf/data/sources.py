@@ -258,11 +258,12 @@ FRAMINGS = ("figstep", "question")
 def frame(item: EvalItem, framing: str) -> EvalItem:
     """`figstep`: FigStep's fill-the-list instruction with the statement (the item as loaded). `question`: the plain
     request in the image, "answer the question in the image", and the plain request as the text twin; SafeBench items
-    use their `question` column, other items their statement."""
-    if framing == "figstep":
-        return item
-    if framing != "question":
+    use their `question` column, other items their statement. Items with no drawn text (real images, text-only
+    requests) have nothing to frame and are returned as they are."""
+    if framing not in FRAMINGS:
         raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
+    if framing == "figstep" or item.image_text is None:
+        return item
     request = item.meta.get("question", item.image_text)
     return replace(item, prompt=QUESTION_INSTRUCTION, image_text=request, text_prompt=request)
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 import yaml
 
-from ..data.sources import SAFEBENCH_SPLITS, SAFEBENCH_TEST_PER_CATEGORY
+from ..data.sources import FRAMINGS, SAFEBENCH_SPLITS, SAFEBENCH_TEST_PER_CATEGORY
 from ..fileio import sha256_file
 from ..report import EXPERIMENT_TRAINING_SETTINGS
 
@@ -167,7 +167,7 @@ class ExperimentConfig:
                 f"the test split is evaluated whole ({SAFEBENCH_TEST_PER_CATEGORY} per category): set "
                 f"n_eval_per_category to None or {SAFEBENCH_TEST_PER_CATEGORY}, got {self.n_eval_per_category}"
             )
-        if self.test_framing not in ("figstep", "question"):
+        if self.test_framing not in FRAMINGS:
             raise ValueError(f"test_framing must be 'figstep' or 'question', got {self.test_framing!r}")
         if self.reading_text not in READING_TEXTS:
             raise ValueError(f"reading_text must be one of {READING_TEXTS}, got {self.reading_text!r}")

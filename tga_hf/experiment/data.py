@@ -27,7 +27,7 @@ from ..eval.generation import generate_responses, read_jsonl, write_jsonl
 from ..eval.judges import PhraseRefusalJudge
 from ..vision_tower.texts import benign_sentences, vocabulary_words, word_salad_sentences
 from ..weights import minilm_path
-from .config import ExperimentConfig
+from .config import READING_TEXTS, ExperimentConfig
 
 READ_INSTRUCTION = "What is written in the image? Copy the text exactly."
 LIST_STUB = "\n1.\n2.\n3."
@@ -193,8 +193,8 @@ def reading_sentences(n: int, seed: int, reading_text: str = "templates") -> lis
     """
     if reading_text == "templates":
         return benign_sentences(n, seed=seed)
-    if reading_text != "templates+vocabulary":
-        raise ValueError(f"reading_text must be 'templates' or 'templates+vocabulary', got {reading_text!r}")
+    if reading_text not in READING_TEXTS:
+        raise ValueError(f"reading_text must be one of {READING_TEXTS}, got {reading_text!r}")
     templates = benign_sentences(n - n // 2, seed=seed)
     words = vocabulary_words(minilm_path() / "vocab.txt")
     salad = [line for line in word_salad_sentences(words, 2 * (n // 2) + 8, seed=seed) if line not in templates]

@@ -230,7 +230,10 @@ def run_experiment(
     safety = locate_safety_layers(base.llm, base.tokenizer, data.band_prompts)
     if config.split == "test":
         record_test_evaluation(config, out_dir)
-    conditions = evaluate_once(run, "text", lambda: evaluate_text(base, data, judges, config, out_dir, progress))
+    evaluate = partial(
+        evaluate_text, base.llm, base.tokenizer, "text", data, judges, config, out_dir, progress, jailbreak=True
+    )
+    conditions = evaluate_once(run, "text", evaluate)
     retriever = build_retriever(base, data, progress)
     start = initial_projector(config, base, data, run)
     training: dict[str, ArmTraining] = {}
@@ -308,23 +311,31 @@ def evaluate_once(run: RunFolder, name: str, evaluate: Callable[[], Conditions])
 
 
 def evaluate_text(
-    base: BaseModels, data: ExperimentData, judges: Judges, config: ExperimentConfig, out_dir: Path, progress: bool
+    model: torch.nn.Module,
+    processor: Any,
+    key: str,
+    data: ExperimentData,
+    judges: Judges,
+    config: ExperimentConfig,
+    out_dir: Path,
+    progress: bool,
+    jailbreak: bool = False,
 ) -> Conditions:
-    """The "text" condition, the ceiling: the base LLM on the text twins of the safety test and the benign inputs
-    (and of the jailbreak framing, when asked for)."""
-    generate = partial(
-        generate_responses, base.llm, base.tokenizer, max_new_tokens=config.max_new_tokens, progress=progress
-    )
-    conditions = Conditions(responses=["responses/text.jsonl"])
-    toxic = generate([item.text_twin() for item in data.toxic_test], output_path=out_dir / "responses" / "text.jsonl")
-    judges.judge(conditions, "dsr", "text", toxic)
-    judges.judge(conditions, "over_refusal", "text", generate([item.text_twin() for item in data.benign_test]))
-    if data.jailbreak_test:
-        path = out_dir / "responses" / "text_jailbreak.jsonl"
+    """Condition `key`: `model` on the text twins of the safety test and the benign inputs (and, with `jailbreak`, of
+    the jailbreak framing when the data has it). "text" is the base LLM, the ceiling before training; `<arm>_text` is
+    an arm's own LLM (its LoRA merged), the refusal it has left for its images to reach, since fine-tuning on benign
+    answers alone can train refusal down."""
+    generate = partial(generate_responses, model, processor, max_new_tokens=config.max_new_tokens, progress=progress)
+    conditions = Conditions(responses=[f"responses/{key}.jsonl"])
+    toxic = generate([item.text_twin() for item in data.toxic_test], output_path=out_dir / "responses" / f"{key}.jsonl")
+    judges.judge(conditions, "dsr", key, toxic)
+    judges.judge(conditions, "over_refusal", key, generate([item.text_twin() for item in data.benign_test]))
+    if jailbreak and data.jailbreak_test:
+        path = out_dir / "responses" / f"{key}_jailbreak.jsonl"
         judges.judge(
-            conditions, "jailbreak", "text", generate([i.text_twin() for i in data.jailbreak_test], output_path=path)
+            conditions, "jailbreak", key, generate([i.text_twin() for i in data.jailbreak_test], output_path=path)
         )
-        conditions.responses.append("responses/text_jailbreak.jsonl")
+        conditions.responses.append(f"responses/{key}_jailbreak.jsonl")
     return conditions
 
 
@@ -549,28 +560,12 @@ def evaluate_arm(
         write_jsonl(benign + reads, out_dir / "responses" / f"{key}_benign.jsonl")
         conditions.responses += [f"responses/{key}.jsonl", f"responses/{key}_benign.jsonl"]
     if any(stage.lora for stage in config.training_plan()):
-        conditions.update(evaluate_own_text(arm, data, judges, config, out_dir, progress))
+        own_text = f"{arm.name}_text"
+        conditions.update(evaluate_text(arm.model, arm.processor, own_text, data, judges, config, out_dir, progress))
     if arm.name == "baseline":
         conditions.preconditions = check_preconditions(arm, data, config, conditions.utility[0], out_dir, progress)
         conditions.responses.append("responses/baseline_transcription.jsonl")
     conditions.cosine[arm.name] = measure_cosine(arm, data, retriever)
-    return conditions
-
-
-def evaluate_own_text(
-    arm: AlignedArm, data: ExperimentData, judges: Judges, config: ExperimentConfig, out_dir: Path, progress: bool
-) -> Conditions:
-    """`<arm>_text`: the arm's own LLM (its LoRA merged) on the text twins of the safety test and the benign inputs.
-    The base LLM's "text" is the ceiling before training; this is the refusal the arm has left for its images to
-    reach, since fine-tuning on benign answers alone can train refusal down."""
-    key = f"{arm.name}_text"
-    generate = partial(
-        generate_responses, arm.model, arm.processor, max_new_tokens=config.max_new_tokens, progress=progress
-    )
-    conditions = Conditions(responses=[f"responses/{key}.jsonl"])
-    toxic = generate([item.text_twin() for item in data.toxic_test], output_path=out_dir / "responses" / f"{key}.jsonl")
-    judges.judge(conditions, "dsr", key, toxic)
-    judges.judge(conditions, "over_refusal", key, generate([item.text_twin() for item in data.benign_test]))
     return conditions
 
 
